@@ -1,0 +1,45 @@
+# ucdir-lite: every target sets up what it needs (a virtualenv in .venv) on a fresh machine.
+#   make book   - the main job: generate the embedded data, execute every notebook, build _build/html
+#   make test   - the test command (.ci/run runs it): lint, notebook pairs, unit tests,
+#                 notebooks under nbmake and the whole book, both in the small-workload mode
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ucdir-installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test lint pairs unit nbmake book-smoke book check-rendered bench clean
+
+install: $(STAMP)
+$(STAMP): pyproject.toml constraints-ci.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-ci.txt torch torchvision
+	$(PY) -m pip install -q -c constraints-ci.txt -e '.[dev,book]'
+	touch $@
+
+test: lint pairs unit nbmake book-smoke
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+pairs: install
+	$(PY) tools/check_pairs.py
+
+unit: install
+	$(VENV)/bin/pytest tests
+
+nbmake: install
+	UCDIR_SMOKE=1 $(VENV)/bin/pytest --nbmake --nbmake-kernel=python3 notebooks/
+
+book-smoke: install
+	UCDIR_SMOKE=1 $(PY) tools/build_book.py --smoke
+
+book: install
+	$(PY) tools/build_book.py
+
+check-rendered: install
+	$(PY) tools/render_check.py
+
+clean:
+	rm -rf _build .pytest_cache
