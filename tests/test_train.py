@@ -1,0 +1,370 @@
+"""Tests of ucdir_lite.config and ucdir_lite.train on a tiny generated benchmark (smoke)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import ucdir_lite.train as train_mod
+from ucdir_lite import glyphs
+from ucdir_lite.config import (
+    PRESETS,
+    TrainConfig,
+    get_preset,
+    parse_override,
+    smoke_mode,
+)
+from ucdir_lite.train import (
+    BatchAugment,
+    TrainingDiverged,
+    evaluate,
+    extract_features,
+    learning_rate,
+    load_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_env(tmp_path_factory):
+    """Every run here uses a generated benchmark under a temporary $UCDIR_DATA."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UCDIR_DATA", str(tmp_path_factory.mktemp("ucdir_data")))
+        yield
+
+
+def smoke(**overrides) -> TrainConfig:
+    return get_preset("smoke", **overrides)
+
+
+def _strip_times(history):
+    return [{k: v for k, v in e.items() if k not in ("time_s", "eval_s")} for e in history]
+
+
+def _same_state(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_round_trip_through_json():
+    cfg = smoke(domains=("sketch", "quickdraw"), ks=(1, 5), se_start=2, classes=("a", "b"))
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert TrainConfig.from_dict(data) == cfg
+    assert isinstance(TrainConfig.from_dict(data).domains, tuple)
+    assert smoke(lr=1).lr == 1.0 and isinstance(smoke(lr=1).lr, float)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer='rmsprop'.*adam, sgd"),
+        ({"cw_variant": "proto"}, "cw_variant.*prototype, supcon"),
+        ({"dd_variant": "hungarian"}, "dd_variant.*ot, sample"),
+        ({"arch": "vgg"}, "arch='vgg'"),
+        ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs=5 exceeds epochs=3"),
+        ({"domains": ("sketch", "sketch")}, "two different domain"),
+        ({"lr": 0.0}, "lr=0.0 must be positive"),
+        ({"m": 1.5}, "m=1.5"),
+        ({"se_start": 0}, "se_start=0 is before the end of warm-up"),
+        ({"ks": (0,)}, "ks="),
+        ({"device": "gpu"}, "device='gpu'"),
+        ({"lr": "fast"}, "lr='fast' has the wrong type; lr takes float"),
+        ({"epochs": 2.5}, "epochs=2.5 has the wrong type"),
+        ({"cw": "yes"}, "cw='yes' has the wrong type; cw takes bool"),
+        ({"ks": 5}, "ks=5 must be a list or tuple"),
+    ],
+)
+def test_config_validation_names_the_value(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        smoke(**overrides)
+
+
+def test_unknown_keys_and_presets():
+    with pytest.raises(ValueError, match="unknown config key.*learning_rate.*known keys:.*lr"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="unknown preset 'gpu'; choose one of smoke, cpu"):
+        get_preset("gpu")
+    assert set(PRESETS) == {"smoke", "cpu", "office-home", "domainnet"}
+    for name in PRESETS:
+        assert isinstance(get_preset(name), TrainConfig)
+
+
+def test_paper_presets_follow_the_protocol():
+    oh, dn = get_preset("office-home"), get_preset("domainnet")
+    for cfg in (oh, dn):
+        assert (cfg.arch, cfg.image_size, cfg.batch_size, cfg.epochs) == ("resnet50", 224, 64, 200)
+        assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.cosine) == (
+            "sgd", 2e-4, 0.9, 1e-4, True)
+        assert (cfg.tau_iw, cfg.warmup_epochs, cfg.kmeans_iters, cfg.kmeans_restarts) == (
+            0.2, 20, 20, 5)
+        assert cfg.cw_weight_at(19) == 0 and cfg.se_weight_at(99) == 0 and cfg.dd_weight_at(99) == 0
+        assert cfg.cw_weight_at(99) == cfg.cw_weight == cfg.cw_weight_at(150)
+    assert (oh.num_clusters, oh.cw_weight, oh.se_weight, oh.dd_weight) == (65, 0.5, 1.0, 0.5)
+    assert (dn.num_clusters, dn.cw_weight, dn.se_weight, dn.dd_weight) == (7, 1.0, 0.5, 0.1)
+    assert oh.se_weight_at(100) == 1.0 and dn.dd_weight_at(100) == 0.1
+
+
+def test_schedule_and_learning_rate():
+    cfg = smoke(epochs=10, warmup_epochs=2, cw_ramp_epochs=4, cw_weight=0.5, se_start=5,
+                iw_weight=0.0)
+    assert [cfg.cw_weight_at(e) for e in (0, 1, 2, 3, 5, 9)] == [0, 0, 0.125, 0.25, 0.5, 0.5]
+    assert [cfg.se_weight_at(e) for e in (2, 4, 5)] == [0, 0, cfg.se_weight]
+    assert [cfg.dd_weight_at(e) for e in (1, 2)] == [0, cfg.dd_weight]
+    assert [cfg.iw_weight_at(e) for e in (1, 2)] == [1.0, 0.0]
+    assert smoke(cw=False).cw_weight_at(5) == 0.0
+    cos = smoke(epochs=4, cosine=True, lr=0.2)
+    expected = [0.2 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert [learning_rate(cos, e) for e in range(4)] == pytest.approx(expected)
+    assert expected[2] == pytest.approx(0.1)
+    assert learning_rate(smoke(lr=0.3), 2) == 0.3
+
+
+def test_parse_override_types():
+    assert parse_override("lr=0.01") == ("lr", 0.01)
+    assert parse_override("cosine=true") == ("cosine", True)
+    assert parse_override("ks=1,5,15") == ("ks", (1, 5, 15))
+    assert parse_override("domains=Real World,Clipart") == ("domains", ("Real World", "Clipart"))
+    assert parse_override("se-start=none") == ("se_start", None)
+    assert parse_override("cw_variant=supcon") == ("cw_variant", "supcon")
+    assert parse_override("data_root=123") == ("data_root", "123")
+    with pytest.raises(ValueError, match="unknown config key 'lrate'"):
+        parse_override("lrate=1")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_override("lr")
+
+
+def test_smoke_mode(monkeypatch):
+    monkeypatch.setenv("UCDIR_SMOKE", "1")
+    assert smoke_mode()
+    monkeypatch.setenv("UCDIR_SMOKE", "0")
+    assert not smoke_mode()
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_batch_augment_is_seeded_and_normalised():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    augment = BatchAugment(32)
+    a = augment(images, torch.Generator().manual_seed(1))
+    b = augment(images, torch.Generator().manual_seed(1))
+    c = augment(images, torch.Generator().manual_seed(2))
+    assert a.shape == (8, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.isfinite(a).all()
+    # ImageNet normalisation of values in [0, 1]
+    assert a.min() >= (0 - 0.485) / 0.229 - 1e-4 and a.max() <= (1 - 0.406) / 0.225 + 1e-4
+
+
+def test_batch_augment_full_crop_keeps_a_constant_image_constant():
+    # a uniform grey image stays uniform under crop, flip, blur; jitter keeps it grey
+    images = torch.full((4, 3, 16, 16), 128, dtype=torch.uint8)
+    out = BatchAugment(16)(images, torch.Generator().manual_seed(0))
+    spread = out.amax(dim=(2, 3)) - out.amin(dim=(2, 3))
+    assert spread.max() < 1e-4
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    return train(smoke(), out, progress=False)
+
+
+def test_smoke_run_end_to_end(smoke_run):
+    result, cfg = smoke_run, smoke()
+    out = result.out_dir
+    for name in ("checkpoint.pt", "config.json", "history.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    assert json.loads((out / "history.json").read_text()) == json.loads(
+        json.dumps(result.history))
+    assert json.loads((out / "metrics.json").read_text()) == result.metrics
+
+    assert [e["epoch"] for e in result.history] == [0, 1, 2]
+    assert [e["phase"] for e in result.history] == ["warmup", "cluster", "cluster"]
+    assert set(result.history[0]["losses"]) == {"iw", "total"}
+    assert set(result.history[1]["losses"]) == {"iw", "cw", "se", "dd", "total"}
+    assert result.history[0]["weights"] == {"iw": 1.0, "cw": 0.0, "se": 0.0, "dd": 0.0}
+    assert result.history[2]["weights"]["dd"] == cfg.dd_weight
+    assert result.history[0]["steps"] == 96 // 16
+    assert all(e["time_s"] > 0 for e in result.history)
+    assert "metrics" in result.history[-1] and "metrics" not in result.history[0]
+
+    assert set(result.metrics) == {"A->B", "B->A", "A->A", "B->B"}
+    for row in result.metrics.values():
+        assert set(row) == {"P@5", "P@10", "mAP"}
+        assert all(0.0 <= v <= 100.0 for v in row.values())
+
+    ckpt = load_checkpoint(out)
+    assert ckpt["epoch"] == 3 and len(ckpt["banks"]) == 2 and ckpt["banks"][0].shape == (96, 32)
+    assert not result.encoder.training
+    z, labels = extract_features(result.encoder, result.datasets[0])
+    assert z.shape == (96, 32) and labels.shape == (96,)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(96))
+    # the evaluated encoder is the saved one: evaluate() reproduces the final metrics
+    again = evaluate(result.encoder, *result.datasets, ks=cfg.ks)
+    for direction, row in result.metrics.items():
+        assert again[direction] == pytest.approx(row, abs=0.05)  # same pixels, other path
+
+
+def test_out_dir_with_a_run_is_not_overwritten(smoke_run):
+    with pytest.raises(FileExistsError, match="already holds a run.*resume=True"):
+        train(smoke(), smoke_run.out_dir, progress=False)
+
+
+def test_resuming_a_finished_run_returns_it(smoke_run, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(train_mod, "_train_epoch", no_training)
+    again = train(smoke(), smoke_run.out_dir, resume=True, progress=False)
+    assert again.metrics == smoke_run.metrics
+    assert _same_state(again.encoder, smoke_run.encoder)
+
+
+def test_resume_refuses_another_config(smoke_run):
+    with pytest.raises(ValueError, match="cannot resume.*lr=0.001 there vs 0.1 here"):
+        train(smoke(lr=0.1), smoke_run.out_dir, resume=True, progress=False)
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = smoke(epochs=4, warmup_epochs=1, eval_every=2)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+
+    real_epoch = train_mod._train_epoch
+    calls = []
+
+    def interrupted(cfg_, state, *args, **kwargs):
+        if state.epoch == 2:
+            raise KeyboardInterrupt  # killed after 2 epochs
+        calls.append(state.epoch)
+        return real_epoch(cfg_, state, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    assert load_checkpoint(tmp_path / "resumed")["epoch"] == 2
+    monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
+    resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
+
+    assert calls == [0, 1]
+    assert _strip_times(resumed.history) == _strip_times(straight.history)
+    assert resumed.metrics == straight.metrics
+    assert _same_state(resumed.encoder, straight.encoder)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert all(torch.equal(x, y) for x, y in zip(a["banks"], b["banks"], strict=True))
+    assert all(torch.equal(a["encoder_q"][k], b["encoder_q"][k]) for k in a["encoder_q"])
+
+
+def test_init_from_fork_continues_the_parent(tmp_path):
+    cfg = smoke(epochs=3, warmup_epochs=1)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    train(cfg.replace(epochs=1), tmp_path / "warmup", progress=False)
+    fork = train(cfg, tmp_path / "arm", init_from=tmp_path / "warmup" / "checkpoint.pt",
+                 progress=False)
+    # same config as the uninterrupted run: the fork ends exactly where it does
+    assert _same_state(fork.encoder, straight.encoder)
+    assert fork.metrics == straight.metrics
+    assert [e["epoch"] for e in fork.history] == [0, 1, 2]
+    assert "inherited_from" in fork.history[0] and "inherited_from" not in fork.history[1]
+    # the parent is untouched
+    assert load_checkpoint(tmp_path / "warmup")["epoch"] == 1
+
+
+def test_init_from_refuses_incompatible_checkpoints(tmp_path):
+    parent = tmp_path / "warmup"
+    train(smoke(epochs=1, warmup_epochs=1), parent, progress=False)
+    with pytest.raises(ValueError, match="incompatible.*width=8 there vs 16 here"):
+        train(smoke(width=16), tmp_path / "a", init_from=parent, progress=False)
+    with pytest.raises(ValueError, match="incompatible.*sizes"):
+        train(smoke(images_per_class=17), tmp_path / "b", init_from=parent, progress=False)
+    with pytest.raises(ValueError, match="already trained 1 epochs; set epochs larger"):
+        train(smoke(epochs=1, warmup_epochs=1), tmp_path / "c", init_from=parent,
+              progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(smoke(), tmp_path / "d", init_from=tmp_path / "nope.pt", progress=False)
+    not_ours = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, not_ours)
+    with pytest.raises(ValueError, match="not a ucdir-lite training checkpoint"):
+        train(smoke(), tmp_path / "e", init_from=not_ours, progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    def nan_loss(z, centroids, tau=0.1, labels=None):
+        return z.sum() * float("nan")
+
+    monkeypatch.setattr(train_mod, "cluster_wise_loss", nan_loss)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"'cw' became nan at epoch 1.*checkpoint \(1 "
+                       r"epochs\) is kept") as info:
+        train(smoke(), out, progress=False)
+    assert isinstance(info.value, RuntimeError)
+    ckpt = load_checkpoint(out)
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["encoder_q"].values() if v.is_floating_point())
+    assert len(json.loads((out / "history.json").read_text())) == 1
+
+
+def test_size_errors_name_the_fix():
+    with pytest.raises(ValueError, match="num_clusters=500 exceeds the 96 images.*lower"):
+        train(smoke(num_clusters=500), progress=False)
+    with pytest.raises(ValueError, match="96 images, fewer than batch_size=128"):
+        train(smoke(batch_size=128), progress=False)
+    with pytest.raises(ValueError, match="not in the generated benchmark"):
+        train(smoke(domains=("clipart", "Real World")), progress=False)
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        train(smoke(data_root="/nonexistent/ucdir"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def warmup_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "warmup"
+    train(smoke(epochs=1, warmup_epochs=1), out, progress=False)
+    return out / "checkpoint.pt"
+
+
+ARMS = {
+    "IW": (dict(cw=False, se=False, dd=False), {"iw"}),
+    "CW": (dict(iw_weight=0.0, se=False, dd=False), {"iw", "cw"}),
+    "CW+SE": (dict(iw_weight=0.0, dd=False), {"iw", "cw", "se"}),
+    "Full OT": (dict(iw_weight=0.0, dd_variant="ot"), {"iw", "cw", "se", "dd"}),
+    "Full sample": (dict(dd_variant="sample", se_variant="cross_domain"), {"iw", "cw", "se", "dd"}),
+    "supcon": (dict(cw_variant="supcon", se=False, dd=False, cw_ramp_epochs=2),
+               {"iw", "cw"}),
+    "cross-domain SE": (dict(cw=False, dd=False, se_variant="cross_domain"), {"iw", "se"}),
+}
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_every_arm_runs_one_epoch(arm, warmup_ckpt):
+    overrides, terms = ARMS[arm]
+    cfg = smoke(epochs=2, warmup_epochs=1, **overrides)
+    result = train(cfg, init_from=warmup_ckpt, progress=False)
+    last = result.history[-1]
+    assert set(last["losses"]) == terms | {"total"}
+    assert all(math.isfinite(v) for v in last["losses"].values())
+    assert last["weights"]["iw"] == cfg.iw_weight
+    expected_total = sum(last["weights"][t] * last["losses"][t] for t in terms)
+    assert last["losses"]["total"] == pytest.approx(expected_total, rel=1e-5)
+    if arm == "supcon":
+        assert last["weights"]["cw"] == 0.5  # first of two ramp epochs
+
+
+def test_per_image_loader_path(tmp_path):
+    root = glyphs.generate_benchmark(tmp_path / "glyphs", num_classes=4, images_per_class=8,
+                                     domains=("clipart", "sketch"), progress=False)
+    cfg = smoke(data_root=str(root), batch_augment=False, batch_size=8, num_clusters=4,
+                epochs=2, warmup_epochs=1)
+    result = train(cfg, progress=False)
+    assert [e["steps"] for e in result.history] == [4, 4]
+    assert set(result.history[1]["losses"]) == {"iw", "cw", "se", "dd", "total"}
+    with pytest.raises(ValueError, match="batch_augment needs images of 16x16"):
+        train(cfg.replace(batch_augment=True, image_size=16), progress=False)

@@ -1,0 +1,358 @@
+"""Training configuration: one dataclass, four presets.
+
+Every switch of the method is a field, so an ablation row is a config, not a code copy:
+the total loss after warm-up is (spec §6, with the official code's options)
+
+    L = w_IW L_IW + w_CW(e) L_CW + w_SE(e) L_SE + w_DD(e) L_DD
+
+where w_CW(e) ramps linearly from 0 to ``cw_weight`` over ``cw_ramp_epochs`` epochs after
+warm-up, and w_SE, w_DD switch on at ``se_start`` / ``dd_start``. During the warm-up only
+L_IW (weight 1) is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+_CHOICES = {
+    "arch": ("small_cnn", "resnet18", "resnet50"),
+    "optimizer": ("adam", "sgd"),
+    "cw_variant": ("prototype", "supcon"),
+    "se_variant": ("in_domain", "cross_domain"),
+    "dd_variant": ("ot", "sample"),
+}
+_TUPLE_FIELDS = ("domains", "ks", "classes")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``ucdir_lite.train.train`` needs. Epochs are counted from 0."""
+
+    # --- data ---
+    data_root: str | None = None
+    """Folder laid out as root/<domain>/<class>/<image>; None -> the generated glyph benchmark
+    (``ucdir_lite.glyphs.ensure_benchmark`` with the four fields below)."""
+    domains: tuple[str, ...] = ("clipart", "sketch")
+    """The two domains A and B."""
+    classes: tuple[str, ...] | None = None
+    """Restrict both domains to these classes (None: all classes the two domains share)."""
+    num_classes: int = 30
+    """Generated benchmark only: number of classes."""
+    images_per_class: int = 60
+    """Generated benchmark only: images per class and domain."""
+    image_size: int = 32
+    """Input size in pixels (generated images are rendered at this size)."""
+    data_seed: int = 0
+    """Generated benchmark only: the generator's seed."""
+    batch_augment: bool | None = None
+    """Keep the decoded images as one uint8 tensor and augment whole batches on the device
+    (``train.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
+    images of one size. None: on for the generated benchmark, off for real data."""
+
+    # --- model ---
+    arch: str = "small_cnn"
+    """Backbone: small_cnn | resnet18 | resnet50."""
+    feat_dim: int = 128
+    """Dimension D of the L2-normalised feature z."""
+    width: int = 32
+    """SmallCNN base width (channels width, 2w, 4w, 8w)."""
+    hidden_dim: int | None = None
+    """Hidden width of the MLP head (None: the backbone's output width)."""
+    small_input: bool | None = None
+    """ResNets: 3x3 stem without max-pool (None: automatic, True when image_size <= 64)."""
+    weights: str | None = None
+    """Backbone initialisation: None (random), "imagenet" (torchvision download) or the path of
+    a local checkpoint (e.g. MoCo v2)."""
+
+    # --- optimisation ---
+    optimizer: str = "adam"
+    """adam | sgd."""
+    lr: float = 1e-3
+    """Base learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by Adam)."""
+    weight_decay: float = 0.0
+    """L2 weight decay."""
+    cosine: bool = False
+    """Cosine learning-rate schedule over the epochs (per epoch, to 0 at ``epochs``)."""
+    batch_size: int = 64
+    """Images per domain per step (a step sees batch_size images of A and of B)."""
+    epochs: int = 60
+    """Total epochs, warm-up included."""
+    warmup_epochs: int = 40
+    """Epochs of L_IW alone before the cluster losses switch on."""
+
+    # --- method ---
+    tau_iw: float = 0.2
+    """InfoNCE temperature of L_IW (spec §1)."""
+    tau: float = 0.1
+    """Temperature of the soft assignment p_ij and of L_CW, L_SE (spec §2-4)."""
+    m: float = 0.99
+    """Key-encoder momentum (MoCo: 0.999; 0.99 suits a few thousand images)."""
+    num_clusters: int = 30
+    """K, the number of clusters per domain."""
+    kmeans_iters: int = 20
+    """Lloyd iterations per k-means run."""
+    kmeans_restarts: int = 5
+    """k-means restarts (the lowest inertia wins)."""
+    iw_weight: float = 1.0
+    """Weight of L_IW after warm-up (official code: 1; the tutorial's CW rows: 0)."""
+    cw: bool = True
+    """Use the cluster-wise contrastive loss L_CW."""
+    cw_variant: str = "prototype"
+    """prototype (spec §3) | supcon (official code: bank positives with the same k-means label,
+    confidence filter)."""
+    cw_weight: float = 1.0
+    """Weight of L_CW once ramped up."""
+    cw_ramp_epochs: int = 0
+    """Epochs over which w_CW rises linearly after warm-up (0: full weight at once)."""
+    supcon_tau: float = 0.2
+    """Temperature of the supcon L_CW and of the prototype confidence."""
+    conf_threshold: float = 0.2
+    """supcon only: samples whose key gives its own prototype a lower probability are left out."""
+    se: bool = True
+    """Use the self-entropy loss L_SE."""
+    se_variant: str = "in_domain"
+    """in_domain (spec §4) | cross_domain (official code: both domains' prototypes)."""
+    se_weight: float = 0.01
+    """lambda_SE."""
+    se_start: int | None = None
+    """First epoch of L_SE (None: the end of warm-up)."""
+    se_tau: float = 0.05
+    """Temperature of the cross-domain L_SE."""
+    dd: bool = True
+    """Use the distance-of-distance loss L_DD."""
+    dd_variant: str = "ot"
+    """ot (spec §5: Sinkhorn-matched batch centroids) | sample (official code)."""
+    dd_weight: float = 0.1
+    """lambda_DD."""
+    dd_start: int | None = None
+    """First epoch of L_DD (None: the end of warm-up)."""
+    ot_epsilon: float = 0.05
+    """Entropic regularisation of the Sinkhorn cluster matching."""
+    dd_tau: float = 0.01
+    """Temperature of the sample-level L_DD's soft assignments."""
+
+    # --- run ---
+    seed: int = 0
+    """Seed of the model initialisation, the loaders, the augmentations and k-means."""
+    device: str = "auto"
+    """auto (cuda if available) | cpu | cuda | cuda:N."""
+    amp: bool = True
+    """Mixed precision (autocast fp16 + GradScaler) on cuda; ignored on the CPU."""
+    num_workers: int | None = None
+    """DataLoader workers (None: 0 on the CPU, min(8, cpu count) on cuda)."""
+    eval_every: int = 0
+    """Evaluate every this many epochs (0: only at the end)."""
+    eval_batch_size: int = 256
+    """Batch size of feature extraction."""
+    ks: tuple[int, ...] = (50, 100, 200)
+    """The K of P@K (spec §7)."""
+    log_every: int = 0
+    """Print a one-line summary every this many epochs (0: the progress bar only)."""
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) or not (value is None or isinstance(value, (list, tuple))):
+                raise ValueError(f"{name}={value!r} must be a list or tuple, e.g. ('a', 'b')")
+            if value is not None:
+                setattr(self, name, tuple(value))
+        for name in ("data_root", "weights"):  # accept pathlib.Path, store a JSON-safe str
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        self._check_types()
+        self.validate()
+
+    def _check_types(self) -> None:
+        """Each field's value must have its annotated type (ints are accepted for floats)."""
+        kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}
+        for f in dataclasses.fields(self):
+            value, annotation = getattr(self, f.name), str(f.type)
+            if value is None and "None" in annotation:
+                continue
+            base = annotation.split(" | ")[0].split("[")[0]
+            expected = kinds.get(base, tuple)
+            wrong_bool = isinstance(value, bool) and base in ("int", "float")
+            if wrong_bool or not isinstance(value, expected):
+                raise ValueError(
+                    f"{f.name}={value!r} has the wrong type; {f.name} takes {annotation}"
+                )
+            if base == "float":
+                setattr(self, f.name, float(value))
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field, its value and what is allowed."""
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not allowed; choose one of "
+                    f"{', '.join(allowed)}"
+                )
+        if len(self.domains) != 2 or self.domains[0] == self.domains[1]:
+            raise ValueError(f"domains={self.domains!r}: give two different domain names")
+        positive = ("num_classes", "images_per_class", "image_size", "feat_dim", "width",
+                    "batch_size", "epochs", "num_clusters", "kmeans_iters", "kmeans_restarts",
+                    "eval_batch_size", "lr", "tau_iw", "tau", "supcon_tau", "se_tau", "dd_tau",
+                    "ot_epsilon")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
+        non_negative = ("warmup_epochs", "weight_decay", "momentum", "iw_weight", "cw_weight",
+                        "cw_ramp_epochs", "se_weight", "dd_weight", "eval_every", "log_every",
+                        "conf_threshold")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}; "
+                "lower warmup_epochs or raise epochs"
+            )
+        if not 0.0 <= self.m <= 1.0:
+            raise ValueError(f"m={self.m!r} must lie in [0, 1]")
+        for name in ("se_start", "dd_start"):
+            if getattr(self, name) is not None and getattr(self, name) < self.warmup_epochs:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is before the end of warm-up "
+                    f"(warmup_epochs={self.warmup_epochs}); cluster losses need the k-means of "
+                    "the warmed-up features: use a value >= warmup_epochs or None"
+                )
+        if not self.ks or any(int(k) != k or k < 1 for k in self.ks):
+            raise ValueError(f"ks={self.ks!r} must be positive integers, e.g. (50, 100, 200)")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers!r} must be >= 0 or None")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ValueError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+
+    # --- schedule (pure functions of the epoch) ---
+    def cw_weight_at(self, epoch: int) -> float:
+        """w_CW in force at ``epoch``: 0 in warm-up, then a linear ramp up to cw_weight."""
+        if not self.cw or epoch < self.warmup_epochs:
+            return 0.0
+        if self.cw_ramp_epochs == 0:
+            return self.cw_weight
+        return self.cw_weight * min(1.0, (epoch - self.warmup_epochs + 1) / self.cw_ramp_epochs)
+
+    def se_weight_at(self, epoch: int) -> float:
+        """w_SE in force at ``epoch``."""
+        start = self.warmup_epochs if self.se_start is None else self.se_start
+        return self.se_weight if self.se and epoch >= start else 0.0
+
+    def dd_weight_at(self, epoch: int) -> float:
+        """w_DD in force at ``epoch``."""
+        start = self.warmup_epochs if self.dd_start is None else self.dd_start
+        return self.dd_weight if self.dd and epoch >= start else 0.0
+
+    def iw_weight_at(self, epoch: int) -> float:
+        """w_IW in force at ``epoch``: 1 in warm-up, iw_weight after."""
+        return 1.0 if epoch < self.warmup_epochs else self.iw_weight
+
+    # --- (de)serialisation ---
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of ``to_dict``; unknown keys raise ValueError listing the known ones."""
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {', '.join(unknown)}; known keys: "
+                f"{', '.join(field_names())}"
+            )
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        """A copy with some fields changed (validated; unknown keys raise ValueError)."""
+        return TrainConfig.from_dict({**self.to_dict(), **overrides})
+
+
+def field_names() -> tuple[str, ...]:
+    """The names of TrainConfig's fields."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` (the CLI's ``--set``) into a typed (key, value) pair.
+
+    Values are read as JSON when they parse (numbers, true/false, null, lists), else as
+    strings; "none" means None; comma-separated values give a tuple for ``domains``, ``ks``
+    and ``classes``.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ValueError(f"--set {text!r}: write key=value, e.g. --set lr=0.001")
+    if key not in field_names():
+        raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(field_names())}")
+    raw = raw.strip()
+    if raw.lower() in ("none", "null"):
+        return key, None
+    if key in _TUPLE_FIELDS and not raw.startswith("["):
+        items = [s.strip() for s in raw.split(",") if s.strip()]
+        return key, tuple(int(s) if key == "ks" and s.isdigit() else s for s in items)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if key in ("data_root", "weights", "device") and not isinstance(value, str):
+        value = raw
+    return key, value
+
+
+# Presets: ``smoke`` for tests and notebooks in smoke mode; ``cpu`` for the generated
+# benchmark on a laptop; ``office-home`` / ``domainnet`` are the paper protocol (spec §8) for a
+# GPU with the official code's loss variants (supcon CW, cross-domain SE, sample DoD).
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        num_classes=6, images_per_class=16, batch_size=16, epochs=3, warmup_epochs=1,
+        width=8, feat_dim=32, num_clusters=6, kmeans_iters=5, kmeans_restarts=1,
+        ks=(5, 10), m=0.99,
+    ),
+    "cpu": dict(
+        num_classes=30, images_per_class=60, batch_size=64, epochs=60, warmup_epochs=40,
+        arch="small_cnn", width=16, optimizer="adam", lr=1e-3, m=0.99, num_clusters=30,
+        kmeans_iters=20, kmeans_restarts=3, iw_weight=1.0,
+        se_variant="cross_domain", se_weight=0.5, dd_variant="sample", dd_weight=1.0,
+    ),
+    "office-home": dict(
+        data_root="data/office_home", domains=("Real World", "Clipart"), image_size=224,
+        arch="resnet50", feat_dim=128, optimizer="sgd", lr=2e-4, momentum=0.9,
+        weight_decay=1e-4, cosine=True, batch_size=64, epochs=200, warmup_epochs=20,
+        tau_iw=0.2, m=0.999, num_clusters=65, kmeans_iters=20, kmeans_restarts=5,
+        iw_weight=1.0, cw_variant="supcon", cw_weight=0.5, cw_ramp_epochs=80,
+        se_variant="cross_domain", se_weight=1.0, se_start=100,
+        dd_variant="sample", dd_weight=0.5, dd_start=100, ks=(1, 5, 15), eval_every=20,
+    ),
+    "domainnet": dict(
+        data_root="data/domainnet", domains=("clipart", "sketch"), image_size=224,
+        arch="resnet50", feat_dim=128, optimizer="sgd", lr=2e-4, momentum=0.9,
+        weight_decay=1e-4, cosine=True, batch_size=64, epochs=200, warmup_epochs=20,
+        tau_iw=0.2, m=0.999, num_clusters=7, kmeans_iters=20, kmeans_restarts=5,
+        iw_weight=1.0, cw_variant="supcon", cw_weight=1.0, cw_ramp_epochs=80,
+        se_variant="cross_domain", se_weight=0.5, se_start=100,
+        dd_variant="sample", dd_weight=0.1, dd_start=100, ks=(50, 100, 200), eval_every=20,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> TrainConfig:
+    """The preset ``name`` with ``overrides`` applied (e.g. ``get_preset("cpu", seed=1)``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[name], **overrides})
+
+
+def smoke_mode() -> bool:
+    """True when the environment variable UCDIR_SMOKE is "1" (tests, CI, nbmake)."""
+    return os.environ.get("UCDIR_SMOKE", "") == "1"
+
+
+__all__ = ["PRESETS", "TrainConfig", "field_names", "get_preset", "parse_override", "smoke_mode"]
