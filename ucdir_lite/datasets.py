@@ -1,0 +1,374 @@
+"""Loading ``root/<domain>/<class>/<image>`` folders: one dataset class for real and generated data.
+
+Office-Home (``Art``, ``Clipart``, ``Product``, ``Real World``), a DomainNet subset and the
+package's generated glyph benchmark (:mod:`ucdir_lite.glyphs`) all reduce to this layout
+(spec §9). A sample is ``(x, label, index)``: ``index`` is the image's slot in the memory bank
+(spec §1); ``label`` is for evaluation only, the trainer never reads it.
+
+Augmentations follow MoCo v2 / the official UCDIR code (random resized crop, flip, colour
+jitter, grayscale, blur), sized for small images. Reference: X. Chen et al., "Improved
+Baselines with Momentum Contrastive Learning", arXiv:2003.04297.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# ImageNet statistics: the convention of torchvision's pretrained backbones.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+_HINT = "run `ucdir-lite data generate` for the built-in benchmark, or check --data-root"
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError
+)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _domain_dir(root: str | os.PathLike, domain: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist; {_HINT}")
+    folder = root / domain
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"domain folder {folder} does not exist (domains under {root}: "
+            f"{_subdirs(root)}); check the domain name, or {_HINT}"
+        )
+    return folder
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to RGB; transparent pixels (RGBA, LA, palette) become white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode the image at ``path`` fully, as RGB; a corrupt file raises ``OSError`` naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except _DECODE_ERRORS as e:
+        raise OSError(
+            f"cannot decode image {path}: {e}; delete or replace the file, or pass "
+            f"skip_bad_images=True"
+        ) from e
+
+
+def _check_image(path: Path, full: bool) -> str | None:
+    """None if ``path`` is a readable image, else the reason (``full``: decode every pixel)."""
+    try:
+        with Image.open(path) as img:
+            if full:
+                img.load()
+            else:
+                img.verify()
+    except _DECODE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class DomainDataset(Dataset):
+    """The images of one domain, ``root/<domain>/<class>/<image>``, with integer labels.
+
+    Args:
+        root: the data root (one folder per domain).
+        domain: the domain folder name (may contain spaces, e.g. ``"Real World"``).
+        classes: class folder names; the label of an image is the index of its class in this
+            list, so two domains built with the same list share label ids. Default: the sorted
+            class folders of this domain (see :func:`common_classes` for two domains).
+        transform: applied to the RGB PIL image (e.g. :func:`train_transform`, :class:`TwoViews`).
+        skip_bad_images: drop unreadable images (one warning lists them) instead of raising.
+            Every image is then fully decoded once at construction.
+        in_memory: decode every image once at construction and keep it (small data sets).
+        check_images: at construction, run PIL's cheap ``verify()`` on every file (catches
+            non-images and most corrupt files early; a truncated JPEG is caught at load time).
+
+    Attributes: ``root``, ``domain``, ``classes``, ``class_to_idx``, ``samples`` (list of
+    ``(path, label)``), ``labels`` (LongTensor). ``dataset[i]`` is ``(transform(img), label, i)``.
+    Files whose extension is not an image extension (:data:`IMG_EXTENSIONS`) are skipped with
+    one warning; hidden files (``.DS_Store``) silently.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        domain: str,
+        classes: Sequence[str] | None = None,
+        transform: Callable | None = None,
+        skip_bad_images: bool = False,
+        *,
+        in_memory: bool = False,
+        check_images: bool = True,
+    ) -> None:
+        folder = _domain_dir(root, domain)
+        self.root = Path(root).expanduser()
+        self.domain = domain
+        self.transform = transform
+        found = _subdirs(folder)
+        if classes is None:
+            classes = found
+        classes = list(classes)
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise ValueError(
+                f"class folders {missing} not found in {folder}; pass classes present in "
+                f"every domain (ucdir_lite.datasets.common_classes(root, domains))"
+            )
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes contains duplicates: {classes}")
+        if len(classes) < 2:
+            raise ValueError(
+                f"{folder} has {len(classes)} class folder(s) {classes}; retrieval needs at "
+                f"least 2 classes (expected {folder}/<class>/<image>); {_HINT}"
+            )
+        self.classes = classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+
+        samples, skipped = [], []
+        for label, name in enumerate(classes):
+            for entry in sorted(os.scandir(folder / name), key=lambda e: e.name):
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                if os.path.splitext(entry.name)[1].lower() in IMG_EXTENSIONS:
+                    samples.append((Path(entry.path), label))
+                else:
+                    skipped.append(entry.path)
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} non-image file(s) in {folder}: {skipped}",
+                UserWarning,
+                stacklevel=2,
+            )
+        if check_images or skip_bad_images:
+            samples = self._drop_or_raise_bad(samples, full=skip_bad_images, skip=skip_bad_images)
+        if not samples:
+            raise ValueError(
+                f"no images ({', '.join(IMG_EXTENSIONS)}) found in {folder}/<class>/; {_HINT}"
+            )
+        self.samples: list[tuple[Path, int]] = samples
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        self._images = [load_image(p) for p, _ in samples] if in_memory else None
+
+    @staticmethod
+    def _drop_or_raise_bad(samples, *, full: bool, skip: bool):
+        kept, bad = [], []
+        for path, label in samples:
+            reason = _check_image(path, full)
+            if reason is None:
+                kept.append((path, label))
+            elif skip:
+                bad.append(str(path))
+            else:
+                raise OSError(
+                    f"corrupt or unreadable image {path} ({reason}); delete or replace the "
+                    f"file, or pass skip_bad_images=True"
+                )
+        if bad:
+            warnings.warn(f"skipped {len(bad)} unreadable image(s): {bad}", UserWarning,
+                          stacklevel=3)
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        img = self._images[index] if self._images is not None else load_image(path)
+        x = self.transform(img) if self.transform is not None else img
+        return x, label, index
+
+    def __repr__(self) -> str:
+        return (
+            f"DomainDataset(domain={self.domain!r}, images={len(self)}, "
+            f"classes={len(self.classes)}, root={str(self.root)!r})"
+        )
+
+
+def common_classes(root: str | os.PathLike, domains: Sequence[str]) -> list[str]:
+    """The sorted class folders present in every domain; warns listing what each domain loses."""
+    if isinstance(domains, str) or len(domains) == 0:
+        raise ValueError(f"domains must be a non-empty list of domain names, got {domains!r}")
+    per_domain = {d: set(_subdirs(_domain_dir(root, d))) for d in domains}
+    shared = set.intersection(*per_domain.values())
+    dropped = {d: sorted(c - shared) for d, c in per_domain.items() if c - shared}
+    if dropped:
+        warnings.warn(
+            f"classes not shared by all of {list(domains)} are dropped: {dropped}",
+            UserWarning,
+            stacklevel=2,
+        )
+    if len(shared) < 2:
+        raise ValueError(
+            f"domains {list(domains)} under {root} share {len(shared)} class folder(s); "
+            f"retrieval needs at least 2 common classes; {_HINT}"
+        )
+    return sorted(shared)
+
+
+# --------------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------------
+def train_transform(
+    image_size: int = 32,
+    *,
+    crop_scale: tuple[float, float] = (0.3, 1.0),
+    hflip: bool = True,
+    blur: bool = True,
+) -> v2.Compose:
+    """MoCo-v2-style augmentation for one view (use :class:`TwoViews` for a positive pair).
+
+    RandomResizedCrop(``crop_scale``) -> horizontal flip -> ColorJitter(0.4, 0.4, 0.4, 0.1)
+    with p=0.8 -> RandomGrayscale(0.2) -> GaussianBlur (p=0.5, kernel about a tenth of the
+    image) -> float tensor in [0, 1] -> Normalize(ImageNet mean/std).
+
+    The glyph benchmark's class list has no mirror pairs, so flips are safe on it. On other
+    glyph or character sets, ``b``/``d``, ``p``/``q``, left/right arrows and the two crescents
+    turn into each other under a flip: pass ``hflip=False`` there.
+    """
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise ValueError(
+            f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {crop_scale}"
+        )
+    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # odd
+    steps: list = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
+    ]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur:
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    return v2.Compose(steps)
+
+
+def eval_transform(image_size: int = 32, *, resize_ratio: float = 1.0) -> v2.Compose:
+    """Deterministic: resize the shorter side to ``image_size * resize_ratio``, center-crop
+    ``image_size``, float tensor, Normalize(ImageNet mean/std). Use ``resize_ratio=256/224`` for
+    the usual ImageNet-style evaluation of real photographs."""
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    if resize_ratio < 1.0:
+        raise ValueError(f"resize_ratio must be >= 1 (resize, then crop), got {resize_ratio}")
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(round(image_size * resize_ratio), antialias=True),
+        v2.CenterCrop(image_size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(MEAN, STD),
+    ])
+
+
+class TwoViews:
+    """Two independent augmentations of one image: ``TwoViews(t)(img) == (t(img), t(img))``.
+
+    The query and key views of the instance-wise loss (spec §1).
+    """
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)
+
+    def __repr__(self) -> str:
+        return f"TwoViews({self.transform!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# loaders
+# --------------------------------------------------------------------------------------------
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a worker from the seed torch gave it (itself seeded)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    num_workers: int | None = None,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader for training (shuffled with a seeded generator, ``drop_last``) or evaluation.
+
+    ``num_workers`` defaults to 0 on CPU (the small machines this package targets gain
+    nothing from worker processes) and to ``min(8, cpus - 1)`` persistent workers with CUDA.
+    The shuffle order depends only on ``seed`` (and advances from epoch to epoch); worker
+    processes are seeded from it too. With ``num_workers=0`` random augmentations draw from
+    torch's global generator: seed it once (``torch.manual_seed``) for repeatable views.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(dataset)
+    if train and n < batch_size:
+        name = getattr(dataset, "domain", type(dataset).__name__)
+        raise ValueError(
+            f"domain {name!r} has {n} images, fewer than batch_size={batch_size}, and training "
+            f"drops incomplete batches; lower the batch size (--batch-size) to at most {n} or "
+            f"generate more images per class"
+        )
+    cuda = torch.cuda.is_available()
+    if num_workers is None:
+        num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if cuda else 0
+    if pin_memory is None:
+        pin_memory = cuda
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=generator,
+    )
+
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "MEAN",
+    "STD",
+    "DomainDataset",
+    "TwoViews",
+    "common_classes",
+    "eval_transform",
+    "load_image",
+    "make_loader",
+    "to_rgb",
+    "train_transform",
+]
