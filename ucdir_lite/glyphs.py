@@ -47,7 +47,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
-from tqdm.auto import tqdm
+
+from ucdir_lite._progress import tqdm
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, NamedTuple
 
-from tqdm.auto import tqdm
+from ucdir_lite._progress import tqdm
 
 __all__ = [
     "DOMAINNET_URL",

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ucdir_lite import datasets as ds_lib
 from ucdir_lite import glyphs
+from ucdir_lite._progress import tqdm
 from ucdir_lite.clustering import kmeans, soft_assign, soft_centroids
 from ucdir_lite.config import TrainConfig, get_preset
 from ucdir_lite.losses import (
