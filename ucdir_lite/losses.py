@@ -14,7 +14,7 @@ References
   Image Retrieval", ECCV 2022, arXiv:2207.09721 (UCDIR).
 - K. He et al., "Momentum Contrast for Unsupervised Visual Representation Learning",
   CVPR 2020, arXiv:1911.05722 (MoCo, InfoNCE with a memory of keys).
-- P. Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, arXiv:2004.11362.
+- Prannay Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, arXiv:2004.11362.
 - M. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport",
   NeurIPS 2013 (the entropic OT used to match clusters).
 """
