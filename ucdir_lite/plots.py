@@ -1,0 +1,758 @@
+"""Figures shared by the notebooks: retrieval galleries, projections, heatmaps, curves.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global
+state, nothing shown): display it with ``IPython.display.display(fig)`` or save it with
+``fig.savefig(path)``. Inputs may be torch tensors or numpy arrays; features are rows
+``(N, D)``, labels integer vectors ``(N,)``, soft assignments ``p`` rows ``(N, K)`` summing
+to 1 (spec §2), as everywhere in the package.
+
+Reference: the figures of Hu & Lee, ECCV 2022 (arXiv:2207.09721): retrieval examples,
+feature projections and the effect of each loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "retrieval_gallery",
+    "cluster_montage",
+    "embedding_projection",
+    "heatmap",
+    "entropy_histogram",
+    "training_curves",
+    "precision_bars",
+]
+
+HIT, MISS = "tab:green", "tab:red"
+DOMAIN_COLORS = ("tab:blue", "tab:orange")
+DIRECTION_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:gray")
+DOMAIN_MARKERS = ("o", "^")
+TERM_NAMES = {"iw": r"$\mathcal{L}_{IW}$", "cw": r"$\mathcal{L}_{CW}$",
+              "se": r"$\mathcal{L}_{SE}$", "dd": r"$\mathcal{L}_{DD}$"}
+
+
+# ------------------------------------------------------------------------------- input checks
+
+
+def _array(name: str, x: Any, ndim: int | tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
+    """``x`` as a numpy array of ``dtype`` with ``ndim`` dimensions, else a ValueError."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        out = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array or tensor of numbers ({err})") from err
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if out.ndim not in ndims:
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, ndims))} dimensions, got shape "
+            f"{out.shape}"
+        )
+    if out.size and not np.isfinite(out).all():
+        raise ValueError(f"{name} contains NaN or inf; pass finite values")
+    return out
+
+
+def _features_and_labels(name: str, feats: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check features (N, D) and labels (N,) and return them as numpy arrays."""
+    z = _array(f"feats_{name}", feats, 2)
+    y = _array(f"labels_{name}", labels, 1, dtype=np.int64)
+    if z.shape[0] == 0:
+        raise ValueError(f"feats_{name} is empty (shape {z.shape}); pass at least one row")
+    if y.shape[0] != z.shape[0]:
+        raise ValueError(
+            f"labels_{name} has {y.shape[0]} entries but feats_{name} has {z.shape[0]} rows; "
+            "pass one label per feature row"
+        )
+    return z, y
+
+
+def _normalize(z: np.ndarray) -> np.ndarray:
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def _images(name: str, images: Any, n: int) -> list[np.ndarray]:
+    """A list of ``n`` displayable images (H, W, 3) or (H, W) with values in [0, 1].
+
+    Accepts a tensor or array (N, C, H, W) with C in {1, 3}, (N, H, W, C) or (N, H, W), or
+    a sequence of PIL images / arrays. uint8 values are divided by 255; float images outside
+    [0, 1] (e.g. normalised network inputs) are rescaled per image to [0, 1].
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+            images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        if images.ndim not in (3, 4):
+            raise ValueError(
+                f"{name} must be (N, C, H, W), (N, H, W, C) or (N, H, W), got shape "
+                f"{images.shape}"
+            )
+        items = list(images)
+    else:
+        items = [np.asarray(img) for img in images]
+    if len(items) != n:
+        raise ValueError(
+            f"{name} holds {len(items)} images but its features have {n} rows; pass the "
+            "images in the order of the features"
+        )
+    out = []
+    for img in items:
+        a = np.asarray(img)
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
+            raise ValueError(f"{name}: each image must be (H, W) or (H, W, 3), got {a.shape}")
+        a = a.astype(np.float64) / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
+        if a.min() < 0 or a.max() > 1:
+            a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+        out.append(a)
+    return out
+
+
+def _bare(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ------------------------------------------------------------------------------- gallery
+
+
+def retrieval_gallery(
+    query_images: Any,
+    gallery_images: Any,
+    feats_q: Any,
+    feats_g: Any,
+    labels_q: Any,
+    labels_g: Any,
+    n_queries: int = 5,
+    k: int = 8,
+    *,
+    query_indices: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    cell_inches: float = 0.9,
+) -> Figure:
+    r"""Queries of one domain and their top-``k`` gallery images of the other domain.
+
+    Each row shows a query, then the ``k`` gallery items of highest cosine similarity
+    :math:`\mathrm{sim}(z_q, z_g) = z_q\cdot z_g/(\|z_q\|\|z_g\|)` (spec §7), best first.
+    A retrieved image with the query's label is a hit (green border), otherwise a miss
+    (red border); each row's label says how many of the ``k`` are hits.
+
+    Args:
+        query_images: the query domain's images, in the order of ``feats_q``: a tensor or
+            array (N, C, H, W), (N, H, W, C) or (N, H, W), or a sequence of PIL images.
+        gallery_images: the gallery domain's images, in the order of ``feats_g``.
+        feats_q: (N_q, D) query features.
+        feats_g: (N_g, D) gallery features.
+        labels_q: (N_q,) integer query labels (used to mark hits only).
+        labels_g: (N_g,) integer gallery labels.
+        n_queries: number of rows; by default the queries are spread evenly over the
+            query set (the datasets are ordered by class, so the rows show different classes).
+        k: retrieved images per row (``1 <= k <= N_g``).
+        query_indices: explicit query rows to show (overrides ``n_queries``).
+        class_names: names of the labels, for the row titles.
+        title: the figure title.
+        cell_inches: size of one image cell.
+
+    Returns:
+        A figure with ``n_queries * (k + 1)`` axes, one per image.
+    """
+    z_q, y_q = _features_and_labels("q", feats_q, labels_q)
+    z_g, y_g = _features_and_labels("g", feats_g, labels_g)
+    if z_q.shape[1] != z_g.shape[1]:
+        raise ValueError(
+            f"feats_q has dimension {z_q.shape[1]} and feats_g {z_g.shape[1]}; both domains "
+            "must be encoded by the same model"
+        )
+    if not 1 <= k <= len(z_g):
+        raise ValueError(f"k={k} must lie in [1, {len(z_g)}] (the gallery size)")
+    if query_indices is None:
+        if not 1 <= n_queries <= len(z_q):
+            raise ValueError(f"n_queries={n_queries} must lie in [1, {len(z_q)}] (the queries)")
+        query_indices = np.linspace(0, len(z_q) - 1, n_queries).round().astype(int).tolist()
+    rows = [int(i) for i in query_indices]
+    if not rows or min(rows) < 0 or max(rows) >= len(z_q):
+        raise ValueError(f"query_indices={rows} must be non-empty and lie in [0, {len(z_q)})")
+    imgs_q = _images("query_images", query_images, len(z_q))
+    imgs_g = _images("gallery_images", gallery_images, len(z_g))
+
+    similarity = _normalize(z_q[rows]) @ _normalize(z_g).T
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+    def name(label: int) -> str:
+        return str(class_names[label]) if class_names is not None else str(label)
+
+    fig = Figure(figsize=(cell_inches * (k + 1) + 0.4, cell_inches * len(rows) + 0.6),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
+    for r, q in enumerate(rows):
+        ax = axes[r, 0]
+        ax.imshow(imgs_q[q], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        _bare(ax)
+        hits = int((y_g[top[r]] == y_q[q]).sum())
+        ax.set_ylabel(f"{name(y_q[q])}\n{hits}/{k} hits", fontsize=8)
+        if r == 0:
+            ax.set_title("query", fontsize=9)
+        for c, g in enumerate(top[r], start=1):
+            ax = axes[r, c]
+            ax.imshow(imgs_g[g], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            _bare(ax)
+            color = HIT if y_g[g] == y_q[q] else MISS
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(3)
+            if r == 0:
+                ax.set_title(f"#{c}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------- clusters
+
+
+def cluster_montage(
+    images: Any,
+    cluster_labels: Any,
+    class_labels: Any = None,
+    *,
+    clusters: Sequence[int] | None = None,
+    n_clusters: int = 6,
+    n_per_cluster: int = 8,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    cell_inches: float = 0.75,
+) -> Figure:
+    """Images of a few clusters, one row per cluster (e.g. the k-means clusters of a bank).
+
+    Each row shows ``n_per_cluster`` members of a cluster, spread evenly over its members.
+    With ``class_labels`` (evaluation only: training never sees them) a member is framed
+    green when it has the cluster's majority class and red otherwise, and the row label
+    gives the cluster's size and purity (the majority class's share of its members).
+
+    Args:
+        images: the images in the order of the labels (see ``retrieval_gallery``).
+        cluster_labels: (N,) integer cluster of each image.
+        class_labels: optional (N,) integer class of each image.
+        clusters: the clusters to show (default: the ``n_clusters`` largest).
+        n_clusters: number of rows when ``clusters`` is not given.
+        n_per_cluster: images per row (a smaller cluster leaves cells empty).
+        class_names: names of the classes, for the row labels.
+        title: the figure title.
+        cell_inches: size of one image cell.
+
+    Returns:
+        A figure with ``len(clusters) * n_per_cluster`` axes.
+    """
+    assign = _array("cluster_labels", cluster_labels, 1, dtype=np.int64)
+    if len(assign) == 0:
+        raise ValueError("cluster_labels is empty; pass one cluster id per image")
+    truth = None
+    if class_labels is not None:
+        truth = _array("class_labels", class_labels, 1, dtype=np.int64)
+        if len(truth) != len(assign):
+            raise ValueError(
+                f"class_labels has {len(truth)} entries but cluster_labels {len(assign)}; "
+                "pass one of each per image"
+            )
+    if n_per_cluster < 1:
+        raise ValueError(f"n_per_cluster={n_per_cluster} must be >= 1")
+    ids, sizes = np.unique(assign, return_counts=True)
+    if clusters is None:
+        if n_clusters < 1:
+            raise ValueError(f"n_clusters={n_clusters} must be >= 1")
+        clusters = ids[np.argsort(-sizes, kind="stable")][:n_clusters].tolist()
+    rows = [int(c) for c in clusters]
+    missing = [c for c in rows if c not in set(ids.tolist())]
+    if not rows or missing:
+        raise ValueError(f"clusters {missing or rows} hold no image; pick from {ids.tolist()}")
+    imgs = _images("images", images, len(assign))
+
+    fig = Figure(figsize=(cell_inches * n_per_cluster + 1.2, cell_inches * len(rows) + 0.5),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), n_per_cluster, squeeze=False)
+    for r, cluster in enumerate(rows):
+        members = np.flatnonzero(assign == cluster)
+        shown = members[np.unique(np.linspace(0, len(members) - 1, n_per_cluster).round()
+                                  .astype(int))] if len(members) > n_per_cluster else members
+        label = f"cluster {cluster}\n{len(members)} image" + ("s" if len(members) > 1 else "")
+        majority = None
+        if truth is not None:
+            classes, counts = np.unique(truth[members], return_counts=True)
+            majority = classes[np.argmax(counts)]
+            name = class_names[majority] if class_names is not None else str(majority)
+            label += f"\n{100 * counts.max() / len(members):.0f}% {name}"
+        for c in range(n_per_cluster):
+            ax = axes[r, c]
+            _bare(ax)
+            if c >= len(shown):
+                ax.set_axis_off()
+                continue
+            ax.imshow(imgs[shown[c]], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if majority is not None:
+                color = HIT if truth[shown[c]] == majority else MISS
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(color)
+                    spine.set_linewidth(2.5)
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------- projection
+
+
+def _pca_2d(z: np.ndarray) -> np.ndarray:
+    """The first two principal components of the rows of ``z`` (centred): shape (N, 2)."""
+    centred = z - z.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    out = centred @ vt[:2].T
+    if out.shape[1] < 2:  # D == 1: pad, so that the scatter still has two axes
+        out = np.concatenate([out, np.zeros((len(out), 2 - out.shape[1]))], axis=1)
+    return out
+
+
+def _tsne_2d(z: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as err:  # scikit-learn is an optional ("book") dependency
+        raise ImportError(
+            "method='tsne' needs scikit-learn: pip install scikit-learn (or use method='pca')"
+        ) from err
+    perplexity = min(perplexity, max(1.0, (len(z) - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                metric="cosine")
+    return tsne.fit_transform(z)
+
+
+def embedding_projection(
+    feats_a: Any,
+    feats_b: Any,
+    labels_a: Any,
+    labels_b: Any,
+    method: str = "pca",
+    *,
+    domain_names: Sequence[str] = ("A", "B"),
+    class_names: Sequence[str] | None = None,
+    max_points: int = 1500,
+    seed: int = 0,
+    perplexity: float = 30.0,
+    title: str | None = None,
+) -> Figure:
+    """Both domains' features projected to 2-D together: coloured by domain, then by class.
+
+    The features of A and B are L2-normalised, stacked and projected jointly (PCA on the
+    centred features, or t-SNE with the cosine metric), so distances in the two panels are
+    comparable. Left: by domain; two separate clouds are the *domain gap* that cross-domain
+    retrieval must close. Right: by class (marker shape = domain); a class whose A and B
+    points fall together can be retrieved across domains.
+
+    Args:
+        feats_a: (N_a, D) features of domain A.
+        feats_b: (N_b, D) features of domain B.
+        labels_a: (N_a,) integer labels of A (colours only).
+        labels_b: (N_b,) integer labels of B.
+        method: "pca" or "tsne" (t-SNE needs scikit-learn).
+        domain_names: the names of A and B for the legend.
+        class_names: the names of the labels (a legend is drawn when there are <= 12).
+        max_points: at most this many points per domain are drawn (a seeded random subset).
+        seed: seed of the subset and of t-SNE.
+        perplexity: t-SNE perplexity (lowered automatically for tiny inputs).
+        title: the figure title.
+
+    Returns:
+        A figure with 2 axes.
+    """
+    z_a, y_a = _features_and_labels("a", feats_a, labels_a)
+    z_b, y_b = _features_and_labels("b", feats_b, labels_b)
+    if z_a.shape[1] != z_b.shape[1]:
+        raise ValueError(
+            f"feats_a has dimension {z_a.shape[1]} and feats_b {z_b.shape[1]}; both domains "
+            "must be encoded by the same model"
+        )
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"method={method!r}: use 'pca' or 'tsne'")
+    if len(domain_names) != 2:
+        raise ValueError(f"domain_names={domain_names!r}: give two names, A's and B's")
+    if max_points < 1:
+        raise ValueError(f"max_points={max_points} must be >= 1")
+    rng = np.random.default_rng(seed)
+    keep = [np.sort(rng.permutation(len(z))[:max_points]) for z in (z_a, z_b)]
+    z_a, y_a, z_b, y_b = z_a[keep[0]], y_a[keep[0]], z_b[keep[1]], y_b[keep[1]]
+    z = _normalize(np.concatenate([z_a, z_b]))
+    if len(z) < 3:
+        raise ValueError(f"need at least 3 points to project, got {len(z)}")
+    xy = _pca_2d(z) if method == "pca" else _tsne_2d(z, seed, perplexity)
+    xy_a, xy_b = xy[: len(z_a)], xy[len(z_a):]
+
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    by_domain, by_class = fig.subplots(1, 2)
+    for d, (points, name) in enumerate(zip((xy_a, xy_b), domain_names, strict=True)):
+        by_domain.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, color=DOMAIN_COLORS[d],
+                          marker=DOMAIN_MARKERS[d], label=str(name), linewidths=0)
+    by_domain.legend(loc="best", markerscale=2)
+    by_domain.set_title("coloured by domain")
+    classes = np.unique(np.concatenate([y_a, y_b]))
+    cmap = _class_colormap(len(classes))
+    color_of = {c: cmap(i) for i, c in enumerate(classes)}
+    for d, (points, labels) in enumerate(((xy_a, y_a), (xy_b, y_b))):
+        by_class.scatter(points[:, 0], points[:, 1], s=10, alpha=0.7, linewidths=0,
+                         c=[color_of[c] for c in labels], marker=DOMAIN_MARKERS[d])
+    if len(classes) <= 12:
+        for c in classes:
+            label = class_names[c] if class_names is not None else str(c)
+            by_class.scatter([], [], color=color_of[c], s=20, label=label)
+        by_class.legend(loc="best", fontsize=7, ncols=2)
+    by_class.set_title("coloured by class (o: {}, ^: {})".format(*domain_names))
+    axis = "PC" if method == "pca" else "t-SNE "
+    for ax in (by_domain, by_class):
+        ax.set_xlabel(f"{axis}1")
+        ax.set_ylabel(f"{axis}2")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _class_colormap(n: int):
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return colormaps["tab10"]
+    if n <= 20:
+        return colormaps["tab20"]
+    return colormaps["turbo"].resampled(n)
+
+
+# ------------------------------------------------------------------------------- heatmap
+
+
+def heatmap(
+    matrix: Any,
+    title: str | Sequence[str],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "viridis",
+    colorbar_label: str | None = None,
+    marks: Any = None,
+    xticklabels: Sequence[str] | None = None,
+    yticklabels: Sequence[str] | None = None,
+    annotate: bool | None = None,
+    fmt: str = ".2f",
+    panel_inches: float = 3.6,
+    ncols: int | None = None,
+) -> Figure:
+    r"""One matrix (a cost matrix :math:`C`, a transport plan :math:`\pi`) or several, as images.
+
+    Rows are indexed by domain A (e.g. its clusters :math:`c^A_i`), columns by domain B.
+    ``marks`` draws a red square around cell ``(i, marks[i])`` of every panel, e.g. the
+    one-to-one matching ``transport.match_clusters`` reads off the plan.
+
+    Args:
+        matrix: a 2-D array (n, m), or a sequence of them (or a 3-D stack), one per panel.
+        title: the panel title, or one title per panel.
+        xlabel: label of the columns.
+        ylabel: label of the rows.
+        cmap: a matplotlib colormap name.
+        colorbar_label: the label of the colour bars.
+        marks: optional (n,) integer vector: mark cell ``(i, marks[i])``.
+        xticklabels: optional names of the m columns (e.g. each cluster's majority class).
+        yticklabels: optional names of the n rows.
+        annotate: write the values into the cells (default: when the matrix is at most 8x8).
+        fmt: the format of those values.
+        panel_inches: the size of one panel.
+        ncols: panels per row (default: all in one row).
+
+    Returns:
+        A figure with two axes per panel (the image and its colour bar).
+    """
+    if isinstance(matrix, (list, tuple)):
+        mats = [_array(f"matrix[{i}]", m, 2) for i, m in enumerate(matrix)]
+    else:
+        stack = _array("matrix", matrix, (2, 3))
+        mats = [stack] if stack.ndim == 2 else list(stack)
+    if not mats or any(m.size == 0 for m in mats):
+        raise ValueError("matrix is empty; pass at least one non-empty 2-D matrix")
+    titles = [title] * len(mats) if isinstance(title, str) else list(title)
+    if len(titles) != len(mats):
+        raise ValueError(f"got {len(mats)} matrices but {len(titles)} titles; give one each")
+    mark_rows = None
+    if marks is not None:
+        mark_rows = _array("marks", marks, 1, dtype=np.int64)
+        for m in mats:
+            if len(mark_rows) != m.shape[0] or mark_rows.min() < 0 or mark_rows.max() >= m.shape[1]:
+                raise ValueError(
+                    f"marks must hold one column index in [0, {m.shape[1]}) per row of the "
+                    f"{m.shape[0]}x{m.shape[1]} matrix, got {mark_rows.tolist()}"
+                )
+    for name, names, axis in (("xticklabels", xticklabels, 1), ("yticklabels", yticklabels, 0)):
+        if names is not None and any(len(names) != m.shape[axis] for m in mats):
+            raise ValueError(
+                f"{name} has {len(names)} names but the matrix has "
+                f"{mats[0].shape[axis]} {'columns' if axis else 'rows'}; give one per "
+                f"{'column' if axis else 'row'}"
+            )
+
+    ncols = len(mats) if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols={ncols} must be >= 1")
+    ncols = min(ncols, len(mats))
+    nrows = math.ceil(len(mats) / ncols)
+    fig = Figure(figsize=(panel_inches * ncols + 0.3, panel_inches * 0.9 * nrows),
+                 layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in grid[len(mats):]:
+        ax.remove()  # the unused cells of the last row
+    axes = grid[: len(mats)]
+    for ax, m, text in zip(axes, mats, titles, strict=True):
+        image = ax.imshow(m, cmap=cmap, interpolation="nearest", aspect="auto")
+        fig.colorbar(image, ax=ax, label=colorbar_label, shrink=0.9)
+        ax.set_title(text, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        n, k = m.shape
+        if n <= 20 and k <= 20:
+            ax.set_xticks(range(k))
+            ax.set_yticks(range(n))
+            ax.tick_params(labelsize=7)
+        if xticklabels is not None:
+            ax.set_xticks(range(k), [str(t) for t in xticklabels], rotation=90, fontsize=6)
+        if yticklabels is not None:
+            ax.set_yticks(range(n), [str(t) for t in yticklabels], fontsize=6)
+        if annotate or (annotate is None and n <= 8 and k <= 8):
+            middle = (m.max() + m.min()) / 2
+            for i in range(n):
+                for j in range(k):
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="black" if m[i, j] > middle else "white")
+        if mark_rows is not None:
+            cell_points = panel_inches * 72 * 0.7 / max(n, k)  # about one cell, in points
+            ax.scatter(mark_rows, np.arange(n), s=(0.9 * cell_points) ** 2, marker="s",
+                       facecolors="none", edgecolors="red", linewidths=1.5)
+    return fig
+
+
+# ------------------------------------------------------------------------------- entropy
+
+
+def _row_entropy(name: str, p: Any) -> np.ndarray:
+    r""":math:`H_i = -\sum_j p_{ij}\log p_{ij}` of each row, after checking ``p``."""
+    p = _array(name, p, 2)
+    if p.shape[0] == 0 or p.shape[1] < 2:
+        raise ValueError(f"{name} must be (N, K) with N >= 1 and K >= 2, got shape {p.shape}")
+    if (p < 0).any():
+        raise ValueError(f"{name} has negative entries; pass probabilities (a softmax), not logits")
+    error = np.abs(p.sum(axis=1) - 1).max()
+    if error > 1e-3:
+        raise ValueError(
+            f"the rows of {name} must sum to 1 (error {error:.3g}); pass soft assignments"
+        )
+    return -(p * np.log(np.maximum(p, 1e-30))).sum(axis=1)
+
+
+def entropy_histogram(
+    p_before: Any,
+    p_after: Any,
+    *,
+    labels: Sequence[str] = ("before", "after"),
+    bins: int = 30,
+    full_range: bool = True,
+    log_counts: bool = False,
+    title: str | None = None,
+) -> Figure:
+    r"""Histograms of the assignment entropy of each sample, before and after (spec §4).
+
+    For each row of a soft assignment :math:`p` (N, K),
+    :math:`H_i = -\sum_{j=1}^{K} p_{ij}\log p_{ij}`, between 0 (the sample commits to one
+    cluster) and :math:`\log K` (uniform over the clusters, dashed line). The self-entropy
+    loss :math:`\mathcal{L}_{SE}` is the mean of :math:`H_i`; the legend gives it.
+
+    Args:
+        p_before: (N, K) soft assignments, e.g. ``clustering.soft_assign`` before training
+            with :math:`\mathcal{L}_{SE}`.
+        p_after: (M, K) soft assignments after it (same K).
+        labels: the legend names of the two.
+        bins: number of histogram bins.
+        full_range: bins over :math:`[0, \log K]`; False: over [0, the largest entropy
+            observed], to see sharp assignments in detail (the dashed line is then drawn
+            only if it falls inside).
+        log_counts: a logarithmic count axis.
+        title: the axes title.
+
+    Returns:
+        A figure with 1 axes.
+    """
+    h_before = _row_entropy("p_before", p_before)
+    h_after = _row_entropy("p_after", p_after)
+    k_before, k_after = np.shape(p_before)[1], np.shape(p_after)[1]
+    if k_before != k_after:
+        raise ValueError(
+            f"p_before has K={k_before} clusters and p_after K={k_after}; compare "
+            "assignments to the same number of clusters"
+        )
+    if len(labels) != 2:
+        raise ValueError(f"labels={labels!r}: give two names")
+    if bins < 1:
+        raise ValueError(f"bins={bins} must be >= 1")
+    log_k = math.log(k_before)
+    observed = max(h_before.max(), h_after.max(), 1e-6)
+    upper = log_k * 1.001 if full_range else min(log_k * 1.001, observed * 1.001)
+    edges = np.linspace(0, upper, bins + 1)
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for h, label, color in zip((h_before, h_after), labels, DOMAIN_COLORS, strict=True):
+        ax.hist(h, bins=edges, alpha=0.55, color=color, log=log_counts,
+                label=f"{label}: mean {h.mean():.2f}")
+    if log_k <= upper:
+        ax.axvline(log_k, color="0.3", linestyle="--", label=f"log K = {log_k:.2f}")
+    ax.set_xlabel(r"entropy $H_i = -\sum_j p_{ij}\log p_{ij}$ (nats; at most "
+                  f"log K = {log_k:.2f})")
+    ax.set_ylabel("samples")
+    ax.legend(loc="best")
+    ax.set_title(title or "Entropy of the soft assignments")
+    return fig
+
+
+# ------------------------------------------------------------------------------- curves
+
+
+def _check_history(history: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(history, Sequence) or isinstance(history, (str, bytes)) or not history:
+        raise ValueError(
+            "history must be a non-empty list of per-epoch dicts (TrainResult.history), got "
+            f"{type(history).__name__}"
+        )
+    for i, entry in enumerate(history):
+        if not isinstance(entry, Mapping) or "epoch" not in entry or "losses" not in entry:
+            raise ValueError(
+                f"history[{i}] must be a dict with 'epoch' and 'losses' (as train() writes), "
+                f"got {entry!r:.80}"
+            )
+    return list(history)
+
+
+def training_curves(history: Any, *, title: str | None = None) -> Figure:
+    r"""The loss terms per epoch, and P@K when the run was evaluated during training.
+
+    One panel per loss term the run used (:math:`\mathcal{L}_{IW}`, :math:`\mathcal{L}_{CW}`,
+    :math:`\mathcal{L}_{SE}`, :math:`\mathcal{L}_{DD}`: the unweighted epoch means that
+    ``train`` records), with the warm-up epochs shaded; then, if any epoch holds "metrics",
+    a panel with the first P@K of each direction (A→B, B→A).
+
+    Args:
+        history: ``TrainResult.history``: a list of dicts with "epoch", "losses"
+            (term -> value) and optionally "phase" and "metrics".
+        title: the figure title.
+
+    Returns:
+        A figure with one axes per loss term, plus one for P@K if metrics were recorded.
+    """
+    history = _check_history(history)
+    epochs = np.array([int(e["epoch"]) for e in history])
+    terms = [t for t in TERM_NAMES if any(t in e["losses"] for e in history)]
+    terms += sorted({t for e in history for t in e["losses"]} - set(TERM_NAMES) - {"total"})
+    evaluated = [e for e in history if e.get("metrics")]
+    n_panels = len(terms) + (1 if evaluated else 0)
+    if n_panels == 0:
+        raise ValueError("history records no loss terms and no metrics: nothing to plot")
+    warmup = [int(e["epoch"]) for e in history if e.get("phase") == "warmup"]
+
+    fig = Figure(figsize=(min(3.2 * n_panels, 16), 3.2), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    for ax, term in zip(axes, terms, strict=False):
+        values = np.array([e["losses"].get(term, np.nan) for e in history], dtype=float)
+        ax.plot(epochs, values, marker="." if len(epochs) < 30 else None)
+        ax.set_title(TERM_NAMES.get(term, term))
+        ax.set_xlabel("epoch")
+    if evaluated:
+        ax = axes[-1]
+        x = [int(e["epoch"]) + 1 for e in evaluated]  # metrics are taken after the epoch
+        first = next(iter(next(iter(evaluated[0]["metrics"].values()))))
+        for direction, color in zip(("A->B", "B->A"), DOMAIN_COLORS, strict=True):
+            y = [e["metrics"].get(direction, {}).get(first, np.nan) for e in evaluated]
+            ax.plot(x, y, marker="o", color=color, label=direction.replace("->", "→"))
+        ax.set_title(first)
+        ax.set_xlabel("epochs trained")
+        ax.legend(loc="best")
+    if warmup:
+        for ax in axes[: len(terms)]:
+            ax.axvspan(min(warmup) - 0.5, max(warmup) + 0.5, color="0.9", zorder=0)
+        axes[0].text(0.02, 0.03, "warm-up (shaded)", transform=axes[0].transAxes,
+                     va="bottom", fontsize=8, color="0.35")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------- bars
+
+
+def precision_bars(
+    reports: Mapping[str, Mapping[str, Mapping[str, float]]],
+    metric: str | None = None,
+    *,
+    directions: Sequence[str] = ("A->B", "B->A"),
+    reference: float | None = None,
+    reference_label: str = "chance",
+    title: str | None = None,
+) -> Figure:
+    """Grouped bars of one retrieval figure (e.g. P@50) for several runs, both directions.
+
+    Args:
+        reports: run name -> ``metrics.retrieval_report`` output (or ``TrainResult.metrics``),
+            i.e. ``{"A->B": {"P@50": ..., "mAP": ...}, "B->A": {...}}``; drawn in this order.
+        metric: the key to draw (default: the first key of the first report's first direction).
+        directions: which directions to draw, one bar colour each (e.g. add "A->A" and
+            "B->B", the in-domain figures of ``retrieval_report(..., in_domain=True)``).
+        reference: draw a dashed horizontal line at this value (e.g. chance level).
+        reference_label: the legend name of that line.
+        title: the axes title.
+
+    Returns:
+        A figure with 1 axes; each bar is labelled with its value.
+    """
+    if not isinstance(reports, Mapping) or not reports:
+        raise ValueError("reports must be a non-empty dict: run name -> retrieval report")
+    names = list(reports)
+    first = reports[names[0]]
+    if not isinstance(first, Mapping) or not first:
+        raise ValueError(f"reports[{names[0]!r}] must be a retrieval report dict, got {first!r}")
+    if metric is None:
+        metric = next(iter(next(iter(first.values()))))
+    for name in names:
+        for direction in directions:
+            if metric not in reports[name].get(direction, {}):
+                raise ValueError(
+                    f"reports[{name!r}] has no {metric!r} for {direction!r}; pass reports from "
+                    "retrieval_report with that K, or another metric"
+                )
+    fig = Figure(figsize=(max(4.0, 1.3 * len(names) + 1.5), 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(directions)
+    x = np.arange(len(names))
+    for d, direction in enumerate(directions):
+        values = [float(reports[n][direction][metric]) for n in names]
+        bars = ax.bar(x + (d - (len(directions) - 1) / 2) * width, values, width,
+                      label=direction.replace("->", "→"),
+                      color=DIRECTION_COLORS[d % len(DIRECTION_COLORS)])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="0.3", linestyle="--", label=reference_label)
+    ax.set_xticks(x, names)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylim(0, min(105, 1.15 * max(max(float(reports[n][dr][metric]) for n in names
+                                            for dr in directions), reference or 0) + 1))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"Cross-domain retrieval, {metric}")
+    return fig
