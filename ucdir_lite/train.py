@@ -80,15 +80,14 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     """What ``train`` returns.
 
-    Attributes:
-        encoder: the momentum (key) encoder in eval mode, the one evaluated (as the official
-            code does).
-        history: one dict per epoch (0-based "epoch", "phase", "lr", "weights", "losses",
-            "time_s", and "metrics" when evaluated).
-        metrics: the final ``evaluate`` report.
-        out_dir: where config.json, history.json, metrics.json and checkpoint.pt live (or None).
-        config: the run's TrainConfig.
-        datasets: the two evaluation datasets (A, B), with eval transforms.
+    - ``encoder``: the momentum (key) encoder in eval mode, the one evaluated (as the
+      official code does).
+    - ``history``: one dict per epoch (0-based "epoch", "phase", "lr", "weights", "losses",
+      "time_s", and "metrics" when evaluated).
+    - ``metrics``: the final ``evaluate`` report.
+    - ``out_dir``: where config.json, history.json, metrics.json and checkpoint.pt live (or None).
+    - ``config``: the run's TrainConfig.
+    - ``datasets``: the two evaluation datasets (A, B), with eval transforms.
     """
 
     encoder: Encoder
