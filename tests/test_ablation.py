@@ -1,0 +1,278 @@
+"""The ablation runner: arms as configs, the run cache (reuse, re-run, resume), the outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import ucdir_lite.ablation as ab
+import ucdir_lite.train as train_mod
+from ucdir_lite.cli import main
+from ucdir_lite.config import get_preset
+
+PAIR = ("clipart", "sketch")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Generated smoke data in a temporary folder, and a run cache shared by the module."""
+    root = tmp_path_factory.mktemp("ablation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UCDIR_DATA", str(root / "data"))
+        mp.delenv("UCDIR_RUNS", raising=False)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def first(env):
+    """One smoke ablation (1 pair, 1 seed, every arm), trained in this process."""
+    return ab.run_ablation([PAIR], [0], preset="smoke", out=env / "out", jobs=1,
+                           cache_dir=env / "cache", progress=False)
+
+
+class CountingTrain:
+    """A stand-in for ``train`` that counts calls and epochs actually trained."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        self.epochs = 0
+        real_epoch = train_mod._train_epoch
+
+        def counted_epoch(*args, **kwargs):
+            self.epochs += 1
+            return real_epoch(*args, **kwargs)
+
+        def counted_train(*args, **kwargs):
+            self.calls += 1
+            return train_mod.train(*args, **kwargs)
+
+        monkeypatch.setattr(train_mod, "_train_epoch", counted_epoch)
+        monkeypatch.setattr(ab, "train", counted_train)
+
+
+# ------------------------------------------------------------------------------- configs
+
+
+def test_arms_are_cumulative_overrides_of_the_preset():
+    base = get_preset("cpu")
+    cfgs = {arm: ab.arm_config(base, arm) for arm in ab.ARMS}
+    assert [(c.cw, c.se, c.dd) for c in cfgs.values()] == [
+        (False, False, False), (True, False, False), (True, True, False), (True, True, True),
+        (True, True, True)]
+    assert cfgs["Full"].dd_variant == "ot" and cfgs["Full (official DoD)"].dd_variant == "sample"
+    for cfg in cfgs.values():  # same budget, data and everything else
+        assert (cfg.epochs, cfg.warmup_epochs, cfg.domains, cfg.seed, cfg.lr) == (
+            base.epochs, base.warmup_epochs, base.domains, base.seed, base.lr)
+    with pytest.raises(ValueError, match="unknown arm"):
+        ab.arm_config(base, "DoD")
+
+
+def test_canonical_config_resets_only_unread_fields():
+    base = get_preset("cpu")
+    iw = ab.canonical_config(base.replace(cw=False, se=False, dd=False, se_weight=0.3, tau=0.5))
+    assert (iw.se_weight, iw.tau, iw.num_clusters) == (0.01, 0.1, 30)
+    assert iw.iw_weight == base.iw_weight and iw.lr == base.lr
+    cw = ab.canonical_config(base.replace(se=False, dd=False, tau=0.5, dd_weight=3.0))
+    assert (cw.tau, cw.dd_weight, cw.cw_weight) == (0.5, 0.1, base.cw_weight)
+    full = ab.canonical_config(base)
+    assert full == base
+
+
+def test_warmup_config_is_shared_by_every_arm():
+    base = get_preset("cpu")
+    warm = {ab.warmup_config(ab.arm_config(base, arm)).to_dict() == ab.warmup_config(
+        base).to_dict() for arm in ab.ARMS}
+    assert warm == {True}
+    w = ab.warmup_config(base.replace(se_weight=0.3, num_clusters=12))
+    assert w.epochs == base.warmup_epochs and w.to_dict() == ab.warmup_config(base).to_dict()
+    assert ab.warmup_config(base.replace(lr=2e-3)).lr == 2e-3  # warm-up fields are kept
+
+
+def test_run_key_tracks_what_changes_the_result(env):
+    cfg = get_preset("smoke", domains=PAIR)
+    key = ab.run_key(cfg)
+    assert key == ab.run_key(get_preset("smoke", domains=PAIR))
+    assert ab.run_key(cfg.replace(ks=(1, 2), device="cpu", log_every=1)) == key
+    for change in (dict(seed=1), dict(lr=2e-3), dict(epochs=4), dict(domains=("photo", "sketch"))):
+        assert ab.run_key(cfg.replace(**change)) != key, change
+    assert ab.run_key(cfg, parent_key="abc") != key
+    assert ab.run_key(cfg, data="glyphs:other") != key
+    assert ab.run_key(cfg, code="0.0.0+x") != key
+
+
+# ------------------------------------------------------------------------------- end to end
+
+
+def test_smoke_ablation_writes_table_csv_json_and_chart(env, first):
+    out = env / "out"
+    arms = list(ab.ARMS)
+    assert [r["arm"] for r in first["rows"]] == [ab.WARMUP, *arms]
+    assert not any(r["reused"] for r in first["rows"])
+    for row in first["rows"]:
+        assert set(row["metrics"]) == {"A->B", "B->A", "A->A", "B->B"}
+        assert set(row["metrics"]["A->B"]) == {"P@5", "P@10", "mAP"}
+    table = (out / "table.md").read_text()
+    for arm in arms:
+        assert f"| {arm} |" in table
+    assert "clipart→sketch P@5" in table and "sketch→sketch P@10" in table  # in-domain too
+    with open(out / "rows.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["arm"] for r in rows] == [ab.WARMUP, *arms]
+    assert float(rows[1]["A->B P@5"]) == pytest.approx(first["rows"][1]["metrics"]["A->B"]["P@5"],
+                                                       abs=1e-4)
+    record = json.loads((out / "runs" / "clipart-sketch" / "seed0" / "CW+SE.json").read_text())
+    assert record["arm"] == "CW+SE" and record["metrics"] == first["rows"][3]["metrics"]
+    assert (out / "ablation.png").stat().st_size > 1000
+    assert ab.load_results(out)["rows"][2]["metrics"] == first["rows"][2]["metrics"]
+
+
+def test_arms_fork_the_one_warmup(first):
+    cfg = get_preset("smoke")
+    warm_dir = first["rows"][0]["run_dir"]
+    warm_history = json.loads((ab.Path(warm_dir) / "history.json").read_text())
+    assert len(warm_history) == cfg.warmup_epochs
+    for row in first["rows"][1:]:
+        marker = json.loads((ab.Path(row["run_dir"]) / ab.MARKER).read_text())
+        assert marker["parent"] == first["rows"][0]["key"]
+        history = json.loads((ab.Path(row["run_dir"]) / "history.json").read_text())
+        assert len(history) == cfg.epochs
+        # the warm-up epochs are inherited, not retrained
+        assert history[0]["losses"] == warm_history[0]["losses"]
+        assert "inherited_from" in history[0] and "inherited_from" not in history[-1]
+    # different losses after warm-up give different encoders
+    p5 = {r["arm"]: r["metrics"]["A->B"]["mAP"] for r in first["rows"]}
+    assert len(set(p5.values())) > 2
+
+
+def test_rerun_reuses_every_run_and_gives_the_same_table(env, first, monkeypatch):
+    counter = CountingTrain(monkeypatch)
+    again = ab.run_ablation([PAIR], [0], preset="smoke", out=env / "out2", jobs=1,
+                            cache_dir=env / "cache", progress=False)
+    assert counter.calls == 0 and counter.epochs == 0
+    assert all(r["reused"] for r in again["rows"])
+    assert again["timing"]["runs_trained"] == 0
+    assert (env / "out2" / "table.md").read_text() == (env / "out" / "table.md").read_text()
+    assert (env / "out2" / "rows.csv").read_text() == (env / "out" / "rows.csv").read_text()
+
+
+def test_train_cached_reuses_a_finished_run_without_training(env, first, monkeypatch):
+    counter = CountingTrain(monkeypatch)
+    base = get_preset("smoke", domains=PAIR, seed=0)
+    result = ab.train_arm(base, "CW", env / "cache", progress=False)
+    assert counter.epochs == 0
+    assert result.metrics["A->B"] == first["rows"][2]["metrics"]["A->B"]
+    assert isinstance(result.encoder, torch.nn.Module)
+    # other K: re-evaluated from the checkpoint, not retrained
+    result = ab.train_arm(base.replace(ks=(1, 3)), "CW", env / "cache", progress=False)
+    assert counter.epochs == 0 and "P@3" in result.metrics["A->B"]
+
+
+def test_changed_config_reruns_only_what_it_changes(env, first, monkeypatch):
+    counter = CountingTrain(monkeypatch)
+    res = ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=1,
+                          overrides={"se_weight": 0.5}, cache_dir=env / "cache", progress=False)
+    reused = {r["arm"]: r["reused"] for r in res["rows"]}
+    # the warm-up, IW and CW never read se_weight: same canonical config, same runs
+    assert reused == {ab.WARMUP: True, "IW": True, "CW": True, "CW+SE": False, "Full": False,
+                      "Full (official DoD)": False}
+    assert counter.epochs == 3 * (get_preset("smoke").epochs - get_preset("smoke").warmup_epochs)
+
+
+def test_interrupted_run_continues_where_it_stopped(env, first, monkeypatch):
+    cache = env / "cache-interrupted"
+    cfg = get_preset("smoke")
+    real_epoch = train_mod._train_epoch
+
+    def failing_epoch(run_cfg, state, *args, **kwargs):
+        if run_cfg.cw and not run_cfg.se and state.epoch == cfg.epochs - 1:
+            raise KeyboardInterrupt  # the CW arm, after its first epoch past the warm-up
+        return real_epoch(run_cfg, state, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", failing_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=1, cache_dir=cache,
+                        progress=False)
+    monkeypatch.undo()
+
+    counter = CountingTrain(monkeypatch)
+    res = ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=1, cache_dir=cache,
+                          progress=False)
+    reused = {r["arm"]: r["reused"] for r in res["rows"]}
+    assert reused[ab.WARMUP] and reused["IW"] and not reused["CW"]
+    after_warmup = cfg.epochs - cfg.warmup_epochs
+    assert after_warmup >= 2  # so that the CW arm had saved an epoch past the warm-up
+    assert counter.epochs == 1 + 3 * after_warmup  # CW's last epoch, then the 3 other arms
+    # the continued run ends where the uninterrupted one did (deterministic on the CPU)
+    for got, want in zip(res["rows"], first["rows"], strict=True):
+        assert got["key"] == want["key"]
+        for direction in ("A->B", "B->A"):
+            assert got["metrics"][direction] == pytest.approx(want["metrics"][direction],
+                                                              abs=1e-6), got["arm"]
+
+
+def test_two_worker_processes_give_the_same_results(env, first):
+    res = ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=2, arms=["IW", "CW"],
+                          cache_dir=env / "cache-jobs2", progress=False)
+    assert res["timing"]["jobs"] == 2 and res["timing"]["runs_trained"] == 3
+    for got, want in zip(res["rows"], first["rows"][:3], strict=True):
+        assert got["key"] == want["key"]
+        assert got["metrics"]["A->B"] == pytest.approx(want["metrics"]["A->B"], abs=1e-6)
+
+
+def test_cli_ablate_reuses_the_cache(env, first, capsys, monkeypatch):
+    counter = CountingTrain(monkeypatch)
+    code = main(["ablate", "--preset", "smoke", "--pairs", "clipart:sketch", "--seeds", "0",
+                 "--jobs", "1", "--out", str(env / "out-cli"), "--cache-dir",
+                 str(env / "cache"), "--no-progress"])
+    assert code == 0 and counter.epochs == 0
+    text = capsys.readouterr().out
+    assert "| Full (official DoD) |" in text and "6 reused" in text
+    assert (env / "out-cli" / "table.md").read_text() == (env / "out" / "table.md").read_text()
+
+
+# ------------------------------------------------------------------------------- outputs
+
+
+def _fake_results(values):
+    """Results of 1 pair, 2 seeds, 2 arms with A->B P@50 from ``values[arm]`` (one per seed)."""
+    rows = []
+    for arm, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            metrics = {d: {"P@50": v + i, "mAP": 1.0} for i, d in enumerate(ab.DIRECTIONS)}
+            rows.append({"pair": "clipart->sketch", "seed": seed, "arm": arm, "metrics": metrics})
+    return {"preset": "cpu", "overrides": {}, "pairs": ["clipart->sketch"], "seeds": [0, 1],
+            "arms": [a for a in values if a != ab.WARMUP], "rows": rows}
+
+
+def test_table_shows_mean_and_sample_sd_over_seeds():
+    results = _fake_results({ab.WARMUP: [10.0, 10.0], "IW": [40.0, 44.0], "Full": [50.0, 50.0]})
+    stats = ab.summarize(results)["clipart->sketch"]
+    assert stats["IW"]["A->B P@50"] == pytest.approx((42.0, math.sqrt(8.0)))
+    assert stats["IW"]["B->B P@50"][0] == pytest.approx(45.0)
+    table = ab.ablation_table(results)
+    assert "| IW | 42.0 ± 2.8 | 43.0 ± 2.8 | 44.0 ± 2.8 | 45.0 ± 2.8 |" in table
+    assert "| Full | 50.0 ± 0.0 |" in table and ab.WARMUP not in table
+    assert ab.WARMUP in ab.ablation_table(results, include_warmup=True)
+    one_seed = _fake_results({"IW": [40.0]})
+    assert "| IW | 40.0 | 41.0 |" in ab.ablation_table(one_seed)  # no sd from one seed
+    fig = ab.plot_ablation(results)
+    assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 2 * len(ab.DIRECTIONS)
+
+
+def test_bad_arguments_are_clear_errors(env):
+    with pytest.raises(ValueError, match="A:B"):
+        ab.run_ablation(["clipart-sketch"], [0], preset="smoke", out=None)
+    with pytest.raises(ValueError, match="unknown arm"):
+        ab.run_ablation([PAIR], [0], preset="smoke", arms=["DD"], out=None)
+    with pytest.raises(ValueError, match="seeds="):
+        ab.run_ablation([PAIR], [0], preset="smoke", overrides={"seed": 3}, out=None)
+    with pytest.raises(ValueError, match="jobs"):
+        ab.run_ablation([PAIR], [0], preset="smoke", jobs=0, out=None)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ab.train_cached(get_preset("smoke"), env / "cache", init_from=env / "nowhere")
+    with pytest.raises(FileNotFoundError, match="ablate"):
+        ab.load_results(env / "nowhere")

@@ -1,0 +1,306 @@
+"""The ``ucdir-lite`` command (also ``python -m ucdir_lite``).
+
+    ucdir-lite train --preset cpu --domains clipart sketch --out runs/cs
+    ucdir-lite evaluate --checkpoint runs/cs/checkpoint.pt
+    ucdir-lite data generate --root data/glyphs --contact-sheet sheet.png
+    ucdir-lite data prepare office-home --root data/office_home --archive OfficeHome.zip
+    ucdir-lite ablate --preset cpu --pairs clipart:sketch photo:sketch --seeds 0 1 2 --jobs 2
+
+Errors the user can fix (bad values, missing files, a diverged run) end with exit code 1 and
+one line ``ucdir-lite: error: ...`` (set UCDIR_DEBUG=1 for the traceback); bad arguments
+exit with argparse's code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "ucdir-lite"
+
+
+class CLIError(Exception):
+    """An error reported as one line and exit code 1."""
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """A small text table of a retrieval report: one row per direction (A->B, B->A, ...)."""
+    rows = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+    if not rows:
+        return json.dumps(metrics, indent=2)
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    lines = ["direction " + "".join(f"{c:>9}" for c in columns)]
+    for name, row in rows.items():
+        cells = "".join(
+            f"{row[c]:>9.2f}" if isinstance(row.get(c), (int, float)) else f"{'':>9}"
+            for c in columns
+        )
+        lines.append(f"{name:<10}{cells}")
+    return "\n".join(lines)
+
+
+def _config(args: argparse.Namespace):
+    from ucdir_lite.config import get_preset, parse_override
+
+    overrides: dict[str, Any] = dict(parse_override(text) for text in args.set or [])
+    for key in ("epochs", "seed", "device"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.domains:
+        overrides["domains"] = tuple(args.domains)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    return get_preset(args.preset, **overrides)
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ucdir_lite.train import train
+
+    cfg = _config(args)
+    out = args.out or f"runs/{args.preset}-{'-'.join(cfg.domains)}-seed{cfg.seed}".replace(" ", "_")
+    result = train(cfg, out, resume=args.resume, init_from=args.init_from,
+                   progress=not args.no_progress)
+    print(f"run folder: {result.out_dir}")
+    print(format_report(result.metrics))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ucdir_lite.train import build_data, evaluate, load_run
+
+    encoder, cfg = load_run(args.checkpoint, device=args.device)
+    overrides: dict[str, Any] = {"device": args.device}
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    if args.domains:
+        overrides["domains"] = tuple(args.domains)
+    if args.ks:
+        overrides["ks"] = tuple(args.ks)
+    cfg = cfg.replace(**overrides)
+    eval_a, eval_b = (d.eval_set for d in build_data(cfg, progress=not args.no_progress))
+    report = evaluate(encoder, eval_a, eval_b, ks=cfg.ks, device=args.device,
+                      batch_size=cfg.eval_batch_size)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from ucdir_lite import glyphs
+
+    root = glyphs.generate_benchmark(
+        args.root, num_classes=args.num_classes, images_per_class=args.images_per_class,
+        domains=tuple(args.domains or glyphs.DOMAINS), image_size=args.image_size, seed=args.seed,
+        imbalance=args.imbalance, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"benchmark: {root}")
+    if args.contact_sheet:
+        fig = glyphs.contact_sheet(root)
+        path = Path(args.contact_sheet)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        print(f"contact sheet: {path}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from ucdir_lite import prepare
+
+    if args.dataset == "domainnet":
+        root = prepare.prepare_domainnet(args.root, domains=args.domains or
+                                         prepare.DOMAINNET_DOMAINS,
+                                         classes=args.classes or prepare.DOMAINNET_SUBSET,
+                                         progress=not args.no_progress)
+    else:
+        if not args.archive and not args.url:
+            raise CLIError(
+                "office-home needs --archive PATH (the zip downloaded by hand from "
+                f"{prepare.OFFICE_HOME_PAGE}) or --url of a direct link"
+            )
+        root = prepare.prepare_office_home(args.root, archive=args.archive, url=args.url,
+                                           md5=args.md5, progress=not args.no_progress)
+    print(f"dataset: {root}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an encoder pair and evaluate retrieval",
+                       description="Train UCDIR on two domains (a preset plus overrides).")
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | office-home | domainnet "
+                   "(default: cpu)")
+    p.add_argument("--domains", nargs=2, metavar=("A", "B"), help="the two domains")
+    p.add_argument("--data-root", help="root/<domain>/<class>/<image>; default: the generated "
+                   "benchmark")
+    p.add_argument("--out", help="run folder (default: runs/<preset>-<A>-<B>-seed<seed>)")
+    p.add_argument("--epochs", type=int, help="total epochs, warm-up included")
+    p.add_argument("--seed", type=int, help="training seed")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start a new run from another run's checkpoint (e.g. a warm-up)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any TrainConfig field, e.g. --set lr=0.001 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a saved run's encoder",
+                       description="Cross-domain P@K and mAP of a trained run's encoder.")
+    p.add_argument("--checkpoint", required=True, help="a run folder or its checkpoint.pt")
+    p.add_argument("--data-root", help="dataset root (default: the run's)")
+    p.add_argument("--domains", nargs=2, metavar=("A", "B"), help="default: the run's")
+    p.add_argument("--ks", nargs="+", type=int, help="the K of P@K (default: the run's)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generate or prepare data sets",
+                       description="Generate the glyph benchmark or prepare real data.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{generate,prepare}", required=True)
+
+    g = data_sub.add_parser("generate", help="generate the glyph benchmark",
+                            description="Write root/<domain>/<class>/<nnnn>.png + manifest.json.")
+    g.add_argument("--root", required=True, help="destination folder")
+    g.add_argument("--num-classes", type=int, default=30)
+    g.add_argument("--images-per-class", type=int, default=60)
+    g.add_argument("--image-size", type=int, default=32)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--domains", nargs="+", help="default: all four (photo clipart sketch "
+                   "quickdraw)")
+    g.add_argument("--imbalance", type=float, default=0.0)
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a benchmark made with other parameters")
+    g.add_argument("--contact-sheet", metavar="PNG", help="also save a contact sheet")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(func=cmd_data_generate)
+
+    pr = data_sub.add_parser("prepare", help="download / unpack a real data set",
+                             description="Lay out DomainNet or Office-Home as "
+                             "root/<domain>/<class>/<image>.")
+    pr.add_argument("dataset", choices=("domainnet", "office-home"))
+    pr.add_argument("--root", required=True, help="destination folder")
+    pr.add_argument("--archive", help="office-home: the zip downloaded by hand")
+    pr.add_argument("--url", help="office-home: a direct link to the zip")
+    pr.add_argument("--md5", help="office-home: expected MD5 of the zip")
+    pr.add_argument("--domains", nargs="+", help="domainnet: domains (default: all six)")
+    pr.add_argument("--classes", nargs="+", help="domainnet: classes (default: the 7-class "
+                    "subset)")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=cmd_data_prepare)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from ucdir_lite import ablation
+    from ucdir_lite.config import parse_override
+
+    overrides: dict[str, Any] = dict(parse_override(text) for text in args.set or [])
+    if args.ks:
+        overrides["ks"] = tuple(args.ks)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    results = ablation.run_ablation(
+        pairs=args.pairs, seeds=args.seeds, preset=args.preset, out=args.out, arms=args.arms,
+        jobs=args.jobs, overrides=overrides, cache_dir=args.cache_dir,
+        progress=not args.no_progress)
+    print(ablation.ablation_table(results))
+    timing = results["timing"]
+    print(f"{timing['runs_trained']} runs trained, {timing['runs_reused']} reused from the cache; "
+          f"wall {timing['wall_s']:.0f} s with {timing['jobs']} job(s)")
+    if args.out:
+        print(f"results: {args.out}")
+    return 0
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    from ucdir_lite.ablation import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS
+
+    p = sub.add_parser("ablate", help="the ablation table (IW, CW, CW+SE, Full, Full "
+                       "(official DoD))", description="Train a shared warm-up per pair and seed, "
+                       "fork it into the ablation arms (runs are cached and resumable) and write "
+                       "the table, CSV, JSON and a chart.")
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | office-home | domainnet "
+                   "(default: cpu)")
+    p.add_argument("--pairs", nargs="+", metavar="A:B",
+                   default=[f"{a}:{b}" for a, b in DEFAULT_PAIRS],
+                   help="domain pairs (default: %(default)s)")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
+                   help="training seeds (default: %(default)s)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), metavar="ARM",
+                   help=f"rows to train (default: all: {', '.join(ARMS)})")
+    p.add_argument("--jobs", type=int, help="worker processes, one thread each (default: 2 on "
+                   "the CPU, 1 on a GPU)")
+    p.add_argument("--out", default="results/default", help="results folder (default: "
+                   "%(default)s)")
+    p.add_argument("--cache-dir", help="run cache (default: $UCDIR_RUNS or "
+                   "~/.cache/ucdir_lite/runs)")
+    p.add_argument("--ks", nargs="+", type=int, help="the K of P@K, e.g. 1 5 15 for Office-Home "
+                   "(default: the preset's)")
+    p.add_argument("--data-root", help="root/<domain>/<class>/<image>; default: the preset's")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a TrainConfig field for every run (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ablate)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train,
+    _add_evaluate,
+    _add_data,
+    _add_ablate,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every subcommand."""
+    from ucdir_lite import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Unsupervised cross-domain image retrieval (UCDIR), small "
+        "and readable.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse ``argv`` and run the subcommand; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from ucdir_lite.train import TrainingDiverged
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            TrainingDiverged, OSError) as err:
+        if os.environ.get("UCDIR_DEBUG") == "1":
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted (a run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
