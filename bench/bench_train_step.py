@@ -1,0 +1,183 @@
+"""Benchmark: the cost of the cluster losses in a training step, and where one epoch goes.
+
+1. images/s of one training step (a batch of each domain, two augmented views, forward of
+   the query and key encoders, the losses, backward, Adam step, momentum update, bank update)
+   with L_IW only (the IW arm) and with every loss of the Full arm (L_IW + L_CW + L_SE + the
+   OT L_DD, and the official sample-level L_DD), on the ``cpu`` preset and its data. The
+   variants run interleaved, step by step, in one process with the same weights; the figure
+   is the median over the repeats. Target: the cluster losses cost <= 15 % more per step.
+2. The time split of one Full epoch of ``ucdir_lite.train``: the steps (forward/backward),
+   the k-means of the two memory banks, the Sinkhorn matching of the prototypes, and one
+   evaluation (features of both domains + P@K and mAP in the four directions).
+
+    python bench/bench_train_step.py --quick
+    python bench/bench_train_step.py --threads 1 --repeats 30
+3. The ablation runner: a small ablation with 1 process of 2 threads against 2 worker
+   processes of 1 thread each (``run_ablation(jobs=2)``, the default on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import limit_threads, machine_info, median_time, print_table
+
+from ucdir_lite.ablation import arm_config, run_ablation
+from ucdir_lite.config import get_preset
+from ucdir_lite.model import momentum_update
+from ucdir_lite.train import (
+    BatchAugment,
+    build_data,
+    build_model,
+    cluster_banks,
+    extract_features,
+    loss_weights,
+    step_losses,
+    train,
+)
+from ucdir_lite.transport import match_clusters
+
+
+class State:
+    """The trainer's state for one step: query/key encoders, Adam, one memory bank per domain."""
+
+    def __init__(self, cfg, data) -> None:
+        self.encoder_q = build_model(cfg).to(memory_format=torch.channels_last)
+        self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.encoder_q.parameters(), lr=cfg.lr)
+        self.banks = [extract_features(self.encoder_k, d.eval_set)[0] for d in data]
+
+
+def make_step(cfg, state, data, clusters, weights, augment, generator):
+    """One training step of ``cfg`` on a fixed random batch of each domain (fresh views)."""
+    n = cfg.batch_size
+    index = [torch.randperm(len(d), generator=generator)[:n] for d in data]
+
+    def step() -> None:
+        views = [(augment(d.images[i], generator), augment(d.images[i], generator))
+                 for d, i in zip(data, index, strict=True)]
+        x_q = torch.cat([v[0] for v in views]).contiguous(memory_format=torch.channels_last)
+        x_k = torch.cat([v[1] for v in views]).contiguous(memory_format=torch.channels_last)
+        z_q = state.encoder_q(x_q)
+        with torch.no_grad():
+            z_k = state.encoder_k(x_k)
+        q, k = z_q.split(n), z_k.split(n)
+        terms = step_losses(cfg, weights, q, k, index, state.banks, clusters)
+        total = sum(weights[name] * value for name, value in terms.items())
+        state.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        state.optimizer.step()
+        momentum_update(state.encoder_q, state.encoder_k, cfg.m)
+        with torch.no_grad():
+            for d in (0, 1):
+                state.banks[d][index[d]] = k[d]
+
+    return step
+
+
+def bench_steps(base, data, repeats: int) -> list[list]:
+    """Median images/s of an IW step and of Full steps, interleaved."""
+    epoch = base.warmup_epochs  # the first epoch with the cluster losses on
+    variants = {"IW (L_IW only)": arm_config(base, "IW"),
+                "Full (OT L_DD)": arm_config(base, "Full"),
+                "Full (official DoD)": arm_config(base, "Full (official DoD)")}
+    template = State(base, data)
+    clusters = cluster_banks(base, template.banks, epoch, match=True)
+    augment = BatchAugment(base.image_size)
+    steps = {}
+    for name, cfg in variants.items():
+        state = copy.deepcopy(template)  # same weights, banks and optimizer for every variant
+        weights = loss_weights(cfg, epoch)
+        steps[name] = make_step(cfg, state, data, clusters if weights["cw"] else None, weights,
+                                augment, torch.Generator().manual_seed(0))
+        steps[name]()  # warm-up call
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    images = 2 * base.batch_size
+    iw = statistics.median(times["IW (L_IW only)"])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append([name, images / med, med * 1000, f"{100 * (med / iw - 1):+.1f} %"])
+    return rows
+
+
+def bench_epoch(base, data, repeats: int) -> list[list]:
+    """Time split of one Full epoch (OT L_DD) of ``train`` (started from random weights: the
+    same work as an epoch after warm-up), k-means and matching timed apart on the banks."""
+    cfg = arm_config(base, "Full").replace(epochs=1, warmup_epochs=0)
+    result = train(cfg, None, progress=False)
+    epoch_s, eval_s = result.history[0]["time_s"], result.history[0]["eval_s"]
+    banks = [extract_features(result.encoder, d)[0] for d in result.datasets]
+    kmeans_s, clusters = median_time(lambda: cluster_banks(cfg, banks, 0, match=False), repeats)
+    ot_s, _ = median_time(lambda: match_clusters(*clusters.centroids, epsilon=cfg.ot_epsilon),
+                          repeats)
+    steps_s = epoch_s - kmeans_s - ot_s
+    total = epoch_s + eval_s
+    return [["steps (forward/backward/update)", steps_s, 100 * steps_s / total],
+            ["k-means of both banks (every epoch)", kmeans_s, 100 * kmeans_s / total],
+            ["OT matching (every epoch)", ot_s, 100 * ot_s / total],
+            ["evaluation (once per run)", eval_s, 100 * eval_s / total]]
+
+
+def bench_runner(pair: tuple[str, str], warmup: int, arm_epochs: int) -> list[list]:
+    """Wall time of a small ablation (1 pair, 1 seed, the warm-up + 5 arms) with 1 process of
+    2 threads against 2 worker processes of 1 thread each (fresh caches)."""
+    overrides = dict(epochs=warmup + arm_epochs, warmup_epochs=warmup)
+    rows = []
+    for jobs, threads in ((1, 2), (2, 1)):
+        torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as cache:
+            start = time.perf_counter()
+            run_ablation([pair], [0], preset="cpu", out=None, jobs=jobs, overrides=overrides,
+                         cache_dir=cache, progress=False)
+            rows.append([f"{jobs} job(s) x {threads} thread(s)", time.perf_counter() - start])
+    torch.set_num_threads(1)
+    base = rows[0][1]
+    return [[name, wall, f"{base / wall:.2f}x"] for name, wall in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: "
+                        "one ablation worker)")
+    parser.add_argument("--repeats", type=int, default=20, help="steps per variant")
+    parser.add_argument("--pair", default="clipart:sketch")
+    parser.add_argument("--quick", action="store_true", help="a few repeats (a smoke run)")
+    parser.add_argument("--no-runner", action="store_true",
+                        help="skip the 1 job x 2 threads vs 2 jobs x 1 thread comparison")
+    args = parser.parse_args()
+    limit_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
+    torch.manual_seed(0)
+    base = get_preset("cpu", domains=tuple(args.pair.split(":")), device="cpu")
+    data = build_data(base)
+    print(f"# training step, preset cpu ({args.pair}, batch {base.batch_size} per domain, "
+          f"K={base.num_clusters}); {machine_info(args.threads)}\n")
+    print_table(["step", "images/s", "ms/step", "vs IW"], bench_steps(base, data, repeats))
+    print(f"\n# one Full epoch ({len(data[0])} + {len(data[1])} images, "
+          f"{min(len(d) for d in data) // base.batch_size} steps)\n")
+    print_table(["part", "seconds", "% of epoch + eval"], bench_epoch(base, data, repeats))
+    if not args.no_runner:
+        warmup, arm_epochs = (1, 1) if args.quick else (4, 2)
+        print(f"\n# ablation runner: warm-up {warmup} + 5 arms x {arm_epochs} epochs, "
+              f"{args.pair}, seed 0 (cpu preset otherwise)\n")
+        print_table(["runner", "wall s", "speed-up"],
+                    bench_runner(base.domains, warmup, arm_epochs))
+
+
+if __name__ == "__main__":
+    main()
