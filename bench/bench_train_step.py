@@ -9,11 +9,12 @@
 2. The time split of one Full epoch of ``ucdir_lite.train``: the steps (forward/backward),
    the k-means of the two memory banks, the Sinkhorn matching of the prototypes, and one
    evaluation (features of both domains + P@K and mAP in the four directions).
+3. The ablation runner: a small ablation (1 pair, 2 seeds, 10 warm-up + 5 arm epochs) in 1
+   process of 2 threads against 2 worker processes of 1 thread each (``run_ablation(jobs=2)``,
+   the default on the CPU).
 
     python bench/bench_train_step.py --quick
     python bench/bench_train_step.py --threads 1 --repeats 30
-3. The ablation runner: a small ablation with 1 process of 2 threads against 2 worker
-   processes of 1 thread each (``run_ablation(jobs=2)``, the default on the CPU).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def bench_epoch(base, data, repeats: int) -> list[list]:
 
 
 def bench_runner(pair: tuple[str, str], warmup: int, arm_epochs: int) -> list[list]:
-    """Wall time of a small ablation (1 pair, 1 seed, the warm-up + 5 arms) with 1 process of
+    """Wall time of a small ablation (1 pair, 2 seeds: 2 warm-ups + 10 arms) with 1 process of
     2 threads against 2 worker processes of 1 thread each (fresh caches)."""
     overrides = dict(epochs=warmup + arm_epochs, warmup_epochs=warmup)
     rows = []
@@ -142,7 +143,7 @@ def bench_runner(pair: tuple[str, str], warmup: int, arm_epochs: int) -> list[li
         torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            run_ablation([pair], [0], preset="cpu", out=None, jobs=jobs, overrides=overrides,
+            run_ablation([pair], [0, 1], preset="cpu", out=None, jobs=jobs, overrides=overrides,
                          cache_dir=cache, progress=False)
             rows.append([f"{jobs} job(s) x {threads} thread(s)", time.perf_counter() - start])
     torch.set_num_threads(1)
@@ -172,9 +173,9 @@ def main() -> None:
           f"{min(len(d) for d in data) // base.batch_size} steps)\n")
     print_table(["part", "seconds", "% of epoch + eval"], bench_epoch(base, data, repeats))
     if not args.no_runner:
-        warmup, arm_epochs = (1, 1) if args.quick else (4, 2)
+        warmup, arm_epochs = (1, 1) if args.quick else (10, 5)
         print(f"\n# ablation runner: warm-up {warmup} + 5 arms x {arm_epochs} epochs, "
-              f"{args.pair}, seed 0 (cpu preset otherwise)\n")
+              f"{args.pair}, seeds 0 and 1 (cpu preset otherwise)\n")
         print_table(["runner", "wall s", "speed-up"],
                     bench_runner(base.domains, warmup, arm_epochs))
 

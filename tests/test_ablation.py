@@ -119,6 +119,7 @@ def test_smoke_ablation_writes_table_csv_json_and_chart(env, first):
     for arm in arms:
         assert f"| {arm} |" in table
     assert "clipart→sketch P@5" in table and "sketch→sketch P@10" in table  # in-domain too
+    assert "Gain in P@5 over IW, paired by seed" in table
     with open(out / "rows.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["arm"] for r in rows] == [ab.WARMUP, *arms]
@@ -259,6 +260,8 @@ def test_table_shows_mean_and_sample_sd_over_seeds():
     assert ab.WARMUP in ab.ablation_table(results, include_warmup=True)
     one_seed = _fake_results({"IW": [40.0]})
     assert "| IW | 40.0 | 41.0 |" in ab.ablation_table(one_seed)  # no sd from one seed
+    gains = ab.gain_table(results)
+    assert "| Full | 8.0 ± 2.8 | 8.0 ± 2.8 |" in gains and "| IW |" not in gains
     fig = ab.plot_ablation(results)
     assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 2 * len(ab.DIRECTIONS)
 

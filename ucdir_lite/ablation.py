@@ -99,13 +99,12 @@ def canonical_config(cfg: TrainConfig) -> TrainConfig:
     cluster loss is on, and in a warm-up-only run (``epochs <= warmup_epochs``) every
     post-warm-up field. Two configs that train the same thing then share a cache key."""
     defaults = TrainConfig()
-    unused: list[str] = []
-    if cfg.epochs <= cfg.warmup_epochs:
-        unused += ["iw_weight", "cw", "se", "dd"]
+    warmup_only = cfg.epochs <= cfg.warmup_epochs
+    unused: list[str] = ["iw_weight", *_LOSS_FIELDS] if warmup_only else []
     for switch, names in _LOSS_FIELDS.items():
-        if switch in unused or not getattr(cfg, switch):
+        if warmup_only or not getattr(cfg, switch):
             unused += names
-    if "cw" in unused or not (cfg.cw or cfg.se or cfg.dd):
+    if warmup_only or not (cfg.cw or cfg.se or cfg.dd):
         unused += _CLUSTER_FIELDS
     return cfg.replace(**{name: getattr(defaults, name) for name in unused})
 
@@ -570,6 +569,31 @@ def ablation_table(results: dict[str, Any], ks: Sequence[int] | None = None,
     return "\n".join(lines)
 
 
+def gain_table(results: dict[str, Any], k: int | None = None, baseline: str = "IW",
+               directions: Sequence[str] = ("A->B", "B->A")) -> str:
+    """A Markdown table of each arm's gain in P@k over ``baseline``, paired by seed (the arms
+    of one seed share its warm-up, so the paired differences vary far less than the P@k):
+    rows = arms, columns = pair and direction, cells = mean ± sd over the seeds."""
+    k = k if k is not None else _ks(results)[0]
+    metric = f"P@{k}"
+    header, cells = [], {arm: [] for arm in results["arms"] if arm != baseline}
+    for pair in results["pairs"]:
+        a, b = pair.split("->")
+        names = {"A": a, "B": b}
+        for direction in directions:
+            header.append(f"{names[direction[0]]}→{names[direction[3]]}")
+            base = {r["seed"]: r["metrics"][direction][metric] for r in results["rows"]
+                    if r["pair"] == pair and r["arm"] == baseline}
+            for arm in cells:
+                gains = [r["metrics"][direction][metric] - base[r["seed"]]
+                         for r in results["rows"] if r["pair"] == pair and r["arm"] == arm]
+                cells[arm].append(_cell(*_mean_sd(gains)) if gains else "")
+    lines = [f"Gain in {metric} over {baseline}, paired by seed (mean ± sd)", "",
+             "| arm | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    lines += [f"| {arm} | " + " | ".join(row) + " |" for arm, row in cells.items()]
+    return "\n".join(lines) + "\n"
+
+
 def plot_ablation(results: dict[str, Any], k: int | None = None,
                   directions: Sequence[str] = DIRECTIONS):
     """Grouped bars of P@k (default: the first K) per direction, one panel per pair, one bar
@@ -591,7 +615,7 @@ def plot_ablation(results: dict[str, Any], k: int | None = None,
             sd = [0.0 if math.isnan(v[1]) else v[1] for v in values]
             ax.bar(x, [v[0] for v in values], width, yerr=sd, capsize=2, label=arm)
         ax.set_xticks(range(len(directions)), labels, fontsize=8)
-        ax.set_title(pair)
+        ax.set_title(pair.replace("->", " → "))
         ax.set_ylabel(f"P@{k} (%)")
         ax.axvline(1.5, color="0.7", lw=0.8, ls="--")  # cross-domain | in-domain
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -625,7 +649,10 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
         writer.writerows(flat)
     title = (f"# Ablation: preset `{results['preset']}`, seeds {results['seeds']}"
              + (f", overrides {results['overrides']}" if results["overrides"] else "") + "\n\n")
-    (out / "table.md").write_text(title + ablation_table(results))
+    text = title + ablation_table(results)
+    if "IW" in results["arms"] and len(results["arms"]) > 1:
+        text += "\n" + gain_table(results)
+    (out / "table.md").write_text(text)
     stable = {k: v for k, v in results.items() if k != "timing"}
     stable["rows"] = [{k: v for k, v in r.items() if k not in ("wall_s", "reused")}
                       for r in results["rows"]]
@@ -659,6 +686,7 @@ __all__ = [
     "code_version",
     "data_checksum",
     "default_cache_dir",
+    "gain_table",
     "load_results",
     "pair_name",
     "plot_ablation",

@@ -238,9 +238,10 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
                    "(default: cpu)")
     p.add_argument("--pairs", nargs="+", metavar="A:B",
                    default=[f"{a}:{b}" for a, b in DEFAULT_PAIRS],
-                   help="domain pairs (default: %(default)s)")
+                   help="domain pairs (default: "
+                   f"{' '.join(f'{a}:{b}' for a, b in DEFAULT_PAIRS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
-                   help="training seeds (default: %(default)s)")
+                   help=f"training seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), metavar="ARM",
                    help=f"rows to train (default: all: {', '.join(ARMS)})")
     p.add_argument("--jobs", type=int, help="worker processes, one thread each (default: 2 on "
