@@ -279,8 +279,10 @@ display(plots.embedding_projection(
 # its weight ramped up over 80 epochs after a 20-epoch warm-up): the `domainnet` and
 # `office-home` presets set it. Prepare the data (notebook 1), set `RUN_REAL = True` on a GPU,
 # and the same call trains the `CW` row there (`ucdir-lite ablate --preset domainnet --pairs
-# clipart:sketch --seeds 0 --arms CW` on the command line). On the glyphs, the official form
-# is one line away: `get_preset("cpu", cw_variant="supcon")`.
+# clipart:sketch --seeds 0 --arms CW` on the command line). The `cpu` preset trained above
+# uses the official form too (`cw_variant` is printed with the preset at the top): on the
+# glyphs, tuning on the default ablation found the tutorial (prototype) form gained little.
+# The tutorial form is one line away: `get_preset("cpu", cw_variant="prototype")`.
 
 # %%
 RUN_REAL = False  # set to True on a GPU machine with the data prepared
