@@ -280,7 +280,7 @@ display(plots.embedding_projection(
 # `office-home` presets set it. Prepare the data (notebook 1), set `RUN_REAL = True` on a GPU,
 # and the same call trains the `CW` row there (`ucdir-lite ablate --preset domainnet --pairs
 # clipart:sketch --seeds 0 --arms CW` on the command line). The `cpu` preset trained above
-# uses the official form too (`cw_variant` is printed with the preset at the top): on the
+# uses the official form too (the "L_CW form" printed above): on the
 # glyphs, tuning on the default ablation found the tutorial (prototype) form gained little.
 # The tutorial form is one line away: `get_preset("cpu", cw_variant="prototype")`.
 
