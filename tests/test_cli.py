@@ -117,3 +117,30 @@ def test_format_report():
     assert lines[0].split() == ["direction", "P@50", "mAP"]
     assert lines[1].split() == ["A->B", "12.35", "1.00"]
     assert lines[2].split() == ["B->A", "3.00"]
+
+
+def test_help_does_not_import_torch():
+    """The parser (every subcommand's help, ablate included) is built without torch."""
+    code = ("import sys\nfrom ucdir_lite.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'ucdir_lite.train') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_training_diverged_is_one_line_but_bugs_keep_traceback(monkeypatch, capsys):
+    from ucdir_lite import cli
+    from ucdir_lite.train import TrainingDiverged
+
+    def diverge(args):
+        raise TrainingDiverged("'cw' became nan at epoch 1")
+
+    def bug(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(cli, "cmd_ablate", diverge)
+    assert main(["ablate", "--out", "unused"]) == 1
+    assert "'cw' became nan" in _one_error_line(capsys)
+    monkeypatch.setattr(cli, "cmd_ablate", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["ablate", "--out", "unused"])

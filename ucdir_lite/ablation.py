@@ -43,26 +43,13 @@ import torch
 import ucdir_lite
 from ucdir_lite import glyphs
 from ucdir_lite._progress import tqdm
-from ucdir_lite.config import TrainConfig, get_preset
+from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, TrainConfig, get_preset
 from ucdir_lite.train import CHECKPOINT, TrainResult, data_root, train
 from ucdir_lite.utils import atomic_write_json
-
-ARMS: dict[str, dict[str, Any]] = {
-    "IW": dict(cw=False, se=False, dd=False),
-    "CW": dict(cw=True, se=False, dd=False),
-    "CW+SE": dict(cw=True, se=True, dd=False),
-    "Full": dict(cw=True, se=True, dd=True, dd_variant="ot"),
-    "Full (official DoD)": dict(cw=True, se=True, dd=True, dd_variant="sample"),
-}
-"""The ablation rows: overrides applied on top of the preset (which sets the weights)."""
 
 WARMUP = "warm-up"
 """The name of the shared warm-up run in the results (not a row of the table by default)."""
 
-DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("clipart", "sketch"), ("photo", "sketch"))
-"""The default CPU ablation: a moderate pair and a hard one (the larger style gap)."""
-
-DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 # Config fields that do not change what is learned: left out of the cache key (a cached run
 # is re-evaluated, not retrained, when ``ks`` changes; see train(resume=True)).

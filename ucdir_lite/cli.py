@@ -228,7 +228,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _add_ablate(sub: argparse._SubParsersAction) -> None:
-    from ucdir_lite.ablation import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS
+    from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS
 
     p = sub.add_parser("ablate", help="the ablation table (IW, CW, CW+SE, Full, Full "
                        "(official DoD))", description="Train a shared warm-up per pair and seed, "
@@ -281,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(err: BaseException) -> bool:
+    """True for the errors a user can fix, reported in one line; other RuntimeErrors are bugs
+    and keep their traceback. ``train`` (and torch) is imported only by the commands that
+    train, so ``ucdir-lite --help`` starts fast: a TrainingDiverged can only come from there."""
+    if not isinstance(err, RuntimeError):
+        return True
+    train = sys.modules.get("ucdir_lite.train")
+    return train is not None and isinstance(err, train.TrainingDiverged)
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -288,13 +298,10 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``argv`` and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from ucdir_lite.train import TrainingDiverged
-
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            TrainingDiverged, OSError) as err:
-        if os.environ.get("UCDIR_DEBUG") == "1":
+    except (CLIError, ValueError, OSError, RuntimeError) as err:
+        if os.environ.get("UCDIR_DEBUG") == "1" or not _user_error(err):
             raise
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1

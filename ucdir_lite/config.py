@@ -348,6 +348,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The ablation (``ucdir_lite.ablation``, which re-exports these): each row is a handful of
+# overrides on a preset, never a code copy. They live here, beside the presets, so that the
+# command line can list them without importing torch.
+ARMS: dict[str, dict[str, Any]] = {
+    "IW": dict(cw=False, se=False, dd=False),
+    "CW": dict(cw=True, se=False, dd=False),
+    "CW+SE": dict(cw=True, se=True, dd=False),
+    "Full": dict(cw=True, se=True, dd=True, dd_variant="ot"),
+    "Full (official DoD)": dict(cw=True, se=True, dd=True, dd_variant="sample"),
+}
+"""The ablation rows: overrides applied on top of the preset (which sets the weights)."""
+
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("clipart", "sketch"), ("photo", "sketch"))
+"""The default CPU ablation: a moderate pair and a hard one (the larger style gap)."""
+
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+
 def get_preset(name: str, **overrides: Any) -> TrainConfig:
     """The preset ``name`` with ``overrides`` applied (e.g. ``get_preset("cpu", seed=1)``)."""
     if name not in PRESETS:
