@@ -27,7 +27,7 @@
 # - say where the ordering `IW` < `CW` < `CW+SE` < `Full` that the paper claims holds on
 #   the embedded benchmark, and where it does not.
 #
-# It is the longest notebook: the first time, it trains about thirty runs, tens of minutes on
+# It is the longest notebook: the first time, it trains about thirty runs, about ten minutes on
 # two CPU cores; runs already in the cache (those of notebooks 2–5, or of an earlier
 # execution) take no time. With `UCDIR_SMOKE=1` it runs a tiny ablation in seconds through the
 # same code.

@@ -12,7 +12,8 @@ the page's scripts ran (``--dump-dom``). It fails when a page
 
 Outputs on stderr (warnings, progress bars) are reported as notes, not failures.
 
-Usage: ``python tools/render_check.py [--no-build] [--smoke] [--html DIR] [--out DIR]``
+Usage: ``python tools/render_check.py [--no-build] [--smoke] [--html DIR] [--out DIR]
+[--height PX]``
 """
 
 from __future__ import annotations
@@ -189,15 +190,19 @@ def run_chromium(chromium: str, url: str, *extra: str, timeout: float = 120) -> 
     return result.stdout
 
 
-def check_book(html_dir: Path, out_dir: Path, chromium: str) -> dict[str, list[str]]:
-    """Screenshot and check every page; returns the problems per page (all pages listed)."""
+def check_book(
+    html_dir: Path, out_dir: Path, chromium: str, height: int = 2400
+) -> dict[str, list[str]]:
+    """Screenshot (1280 x ``height`` pixels, the top of the page) and check every page;
+    returns the problems per page (all pages listed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, list[str]] = {}
     with serve(html_dir) as base:
         for page in html_pages(html_dir):
             url = f"{base}/{page.as_posix()}"
             shot = out_dir / (page.with_suffix("").as_posix().replace("/", "__") + ".png")
-            run_chromium(chromium, url, f"--screenshot={shot}", "--window-size=1280,2400")
+            run_chromium(chromium, url, f"--screenshot={shot}",
+                         f"--window-size=1280,{height}")
             dom = run_chromium(chromium, url, "--dump-dom")
             problems = check_dom(dom, is_notebook_page(html_dir, page))
             report[page.as_posix()] = problems
@@ -215,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="the smoke build (_build/smoke)")
     parser.add_argument("--html", type=Path, default=None, help="the built HTML folder")
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots", help="screenshots")
+    parser.add_argument("--height", type=int, default=2400, help="screenshot height in pixels "
+                        "(default 2400, the top of a page; e.g. 16000 to see whole notebooks)")
     args = parser.parse_args(argv)
     build = ROOT / "_build" / "smoke" / "_build" if args.smoke else ROOT / "_build"
     html_dir = (args.html or build / "html").resolve()
@@ -228,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (html_dir / "index.html").exists():
         print(f"render_check: no built book in {html_dir}: run `make book` first", file=sys.stderr)
         return 1
-    report = check_book(html_dir, args.out.resolve(), find_chromium())
+    report = check_book(html_dir, args.out.resolve(), find_chromium(), args.height)
     failed = {page: problems for page, problems in report.items() if problems}
     for page, problems in failed.items():
         for problem in problems:
