@@ -139,6 +139,14 @@ print(f"preset {preset!r}: warm-up {cfg.warmup_epochs} epochs, then {after} epoc
 # trained again. The same holds for every run of an earlier execution of this notebook, and
 # an interrupted run continues where it stopped.
 #
+# Reproducible, with one caveat. The same seed gives the same run bit for bit when it is
+# trained with the same number of CPU threads. The notebooks train with every core of the
+# machine, the workers of `run_ablation` with one thread each; a different thread count
+# sums floating-point numbers in a different order, and over thousands of steps that moves a
+# run's P@K by a few tenths of a point. So the clip art → sketch cells of this table can
+# differ slightly from those of `ucdir-lite ablate` run on an empty cache; with the cache
+# the notebooks filled, the command reuses their runs and prints this very table.
+#
 # The notebook passes `out=None` so that it writes nothing into the repository; the command
 # line, `ucdir-lite ablate`, writes the same table as `table.md`, `rows.csv` and a chart.
 
