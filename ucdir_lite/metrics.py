@@ -32,7 +32,8 @@ def _prepare(
     chunk_size: int,
     exclude_self: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Validate; return unit-norm features, labels on one device, and ``R`` per query."""
+    """Validate; return unit-norm features, labels on one device, and ``R`` per query
+    (at least one ``R`` must be positive)."""
     query, gallery = torch.as_tensor(query), torch.as_tensor(gallery)
     query_labels = torch.as_tensor(query_labels, device=query.device)
     gallery_labels = torch.as_tensor(gallery_labels, device=query.device)
@@ -75,6 +76,11 @@ def _prepare(
     R = torch.where(classes[where] == query_labels, counts[where], 0)
     if exclude_self:
         R = R - 1
+    if not bool((R > 0).any()):
+        raise ValueError(
+            "no query has an item of its class in the gallery (R = 0 for every query); "
+            "check that both sets use the same class indices."
+        )
     return query, query_labels, gallery, gallery_labels, R
 
 
@@ -148,11 +154,6 @@ def precision_at_k(
     query, query_labels, gallery, gallery_labels, R = _prepare(
         query, query_labels, gallery, gallery_labels, chunk_size, exclude_self
     )
-    if not bool((R > 0).any()):
-        raise ValueError(
-            "no query has an item of its class in the gallery (R = 0 for every query); "
-            "check that both sets use the same class indices."
-        )
     M = gallery.shape[0]
     top = min(min(max(ks), int(R.max())) + 1, M)  # n_q <= min(K, R_q) < top
     hits_total = dict.fromkeys(ks, 0)
@@ -206,11 +207,6 @@ def mean_average_precision(
     query, query_labels, gallery, gallery_labels, R = _prepare(
         query, query_labels, gallery, gallery_labels, chunk_size, exclude_self
     )
-    if not bool((R > 0).any()):
-        raise ValueError(
-            "no query has an item of its class in the gallery (R = 0 for every query); "
-            "check that both sets use the same class indices."
-        )
     ap_sum = 0.0
     for rows, scores in _score_chunks(query, gallery, chunk_size, exclude_self):
         order = scores.sort(dim=1, descending=True, stable=True).indices
