@@ -75,6 +75,22 @@ def _features_and_labels(name: str, feats: Any, labels: Any) -> tuple[np.ndarray
     return z, y
 
 
+def _feature_pair(
+    first: tuple[str, Any, Any], second: tuple[str, Any, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_features_and_labels`` of two domains given as ``(name, feats, labels)``, which must
+    share the feature dimension; returns ``(z_1, y_1, z_2, y_2)``."""
+    (name_1, *pair_1), (name_2, *pair_2) = first, second
+    z_1, y_1 = _features_and_labels(name_1, *pair_1)
+    z_2, y_2 = _features_and_labels(name_2, *pair_2)
+    if z_1.shape[1] != z_2.shape[1]:
+        raise ValueError(
+            f"feats_{name_1} has dimension {z_1.shape[1]} and feats_{name_2} {z_2.shape[1]}; "
+            "both domains must be encoded by the same model"
+        )
+    return z_1, y_1, z_2, y_2
+
+
 def _normalize(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
@@ -167,13 +183,7 @@ def retrieval_gallery(
     Returns:
         A figure with ``n_queries * (k + 1)`` axes, one per image.
     """
-    z_q, y_q = _features_and_labels("q", feats_q, labels_q)
-    z_g, y_g = _features_and_labels("g", feats_g, labels_g)
-    if z_q.shape[1] != z_g.shape[1]:
-        raise ValueError(
-            f"feats_q has dimension {z_q.shape[1]} and feats_g {z_g.shape[1]}; both domains "
-            "must be encoded by the same model"
-        )
+    z_q, y_q, z_g, y_g = _feature_pair(("q", feats_q, labels_q), ("g", feats_g, labels_g))
     if not 1 <= k <= len(z_g):
         raise ValueError(f"k={k} must lie in [1, {len(z_g)}] (the gallery size)")
     if query_indices is None:
@@ -374,13 +384,7 @@ def embedding_projection(
     Returns:
         A figure with 2 axes.
     """
-    z_a, y_a = _features_and_labels("a", feats_a, labels_a)
-    z_b, y_b = _features_and_labels("b", feats_b, labels_b)
-    if z_a.shape[1] != z_b.shape[1]:
-        raise ValueError(
-            f"feats_a has dimension {z_a.shape[1]} and feats_b {z_b.shape[1]}; both domains "
-            "must be encoded by the same model"
-        )
+    z_a, y_a, z_b, y_b = _feature_pair(("a", feats_a, labels_a), ("b", feats_b, labels_b))
     if method not in ("pca", "tsne"):
         raise ValueError(f"method={method!r}: use 'pca' or 'tsne'")
     if len(domain_names) != 2:
