@@ -116,6 +116,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("UCDIR_RUNS") or "~/.cache/ucdir_lite/runs").expanduser()
 
 
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    """``cache_dir`` (user folder expanded), or ``default_cache_dir()`` when None."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 def code_version() -> str:
     """The package version plus a digest of the source of the modules that train."""
     digest = hashlib.sha256()
@@ -171,6 +176,14 @@ def _marker(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _finished_marker(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The marker of ``run_dir`` if it records a finished run of ``key``, else None."""
+    marker = _marker(run_dir)
+    if marker is None or not marker.get("finished") or marker.get("key") != key:
+        return None
+    return marker
+
+
 def _parent_of(init_from: TrainResult | str | os.PathLike | None) -> tuple[Path | None,
                                                                           str | None]:
     """(checkpoint path, parent key) of an ``init_from`` (a TrainResult, a run folder or a
@@ -209,11 +222,11 @@ def cached_run(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None,
     of ``cfg``, or None when it is missing, unfinished or lacks some of ``cfg.ks``. Never
     trains."""
     cfg = canonical_config(cfg)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_dir = _cache_dir(cache_dir)
     key = run_key(cfg, _parent_of(init_from)[1])
     run_dir = _run_dir(cache_dir, cfg, key)
-    marker = _marker(run_dir)
-    if marker is None or not marker.get("finished") or marker.get("key") != key:
+    marker = _finished_marker(run_dir, key)
+    if marker is None:
         return None
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -228,13 +241,13 @@ def _train_cached(cfg: TrainConfig, cache_dir: str | os.PathLike | None,
                   init_from: TrainResult | str | os.PathLike | None,
                   progress: bool) -> tuple[TrainResult, dict[str, Any]]:
     cfg = canonical_config(cfg)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_dir = _cache_dir(cache_dir)
     parent_ckpt, parent_key = _parent_of(init_from)
     data = data_checksum(cfg, progress=progress)
     key = run_key(cfg, parent_key, data=data)
     run_dir = _run_dir(cache_dir, cfg, key)
-    marker = _marker(run_dir)
-    finished = marker is not None and marker.get("finished") and marker.get("key") == key
+    marker = _finished_marker(run_dir, key)
+    finished = marker is not None
     start = time.perf_counter()
     if (run_dir / CHECKPOINT).is_file():  # finished (no training) or interrupted (continues)
         result = train(cfg, run_dir, resume=True, progress=progress)
@@ -444,7 +457,7 @@ def run_ablation(
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = _cache_dir(cache_dir)
 
     warmups: dict[str, TrainConfig] = {}
     forks: dict[str, list[tuple[str, TrainConfig]]] = {}
