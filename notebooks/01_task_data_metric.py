@@ -55,8 +55,9 @@ from ucdir_lite import glyphs, metrics, plots
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.datasets import DomainDataset, common_classes, eval_transform
 from ucdir_lite.train import data_root
+from ucdir_lite.utils import resolve_device
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+device = resolve_device()  # cuda when present, else cpu
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
 print(f"device: {device}; smoke mode: {smoke_mode()}")
 

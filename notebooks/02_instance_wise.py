@@ -55,8 +55,9 @@ from IPython.display import Code, display
 from ucdir_lite import datasets, losses, model, plots, train
 from ucdir_lite.ablation import WARMUP, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.utils import resolve_device
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
 print(f"device: {device}; smoke mode: {smoke_mode()}")

@@ -52,8 +52,9 @@ from IPython.display import Code, display
 from ucdir_lite import clustering, datasets, losses, plots, train
 from ucdir_lite.ablation import ARMS, arm_config, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.utils import resolve_device
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
 a, b = cfg.domains

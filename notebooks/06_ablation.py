@@ -50,15 +50,15 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
 from ucdir_lite import ablation
 from ucdir_lite.ablation import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, arm_config, run_ablation
 from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.utils import resolve_device
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+device = resolve_device()  # cuda when present, else cpu
 # The preset of notebooks 2-5: their runs (clipart -> sketch, seed 0) are rows of this table.
 preset = "smoke" if smoke_mode() else "cpu"
 cfg = get_preset(preset)
