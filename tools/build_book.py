@@ -129,14 +129,11 @@ def ensure_data(smoke: bool) -> None:
     """Generate the embedded glyph benchmark the notebooks use, unless it is there.
 
     That is the benchmark of the ``smoke`` or ``cpu`` preset, through the trainer's own
-    ``ucdir_lite.train.data_root``. Skipped (with a note) while the package lacks those modules.
+    ``ucdir_lite.train.data_root``.
     """
-    try:
-        from ucdir_lite.config import get_preset
-        from ucdir_lite.train import data_root
-    except ImportError as err:
-        print(f"build_book: skipping data generation ({err})")
-        return
+    from ucdir_lite.config import get_preset
+    from ucdir_lite.train import data_root
+
     root = data_root(get_preset("smoke" if smoke else "cpu"))
     print(f"build_book: embedded data ready in {root}")
 
