@@ -1,14 +1,15 @@
 # ucdir-lite: every target sets up what it needs (a virtualenv in .venv) on a fresh machine.
 #   make book   - the main job: generate the embedded data, execute every notebook, build _build/html
-#   make test   - the test command (.ci/run runs it): lint, notebook pairs, unit tests,
-#                 notebooks under nbmake and the whole book, both in the small-workload mode
+#   make test   - the test command (.ci/run runs it): lint, notebook pairs, the unit tests on
+#                 1 and 2 threads with the CPU's own and with AVX2 kernels, notebooks under
+#                 nbmake and the whole book, both in the small-workload mode
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ucdir-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint pairs unit nbmake book-smoke book check-rendered bench clean
+.PHONY: install test lint pairs unit unit-matrix nbmake book-smoke book check-rendered bench clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml constraints-ci.txt
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m pip install -q -c constraints-ci.txt -e '.[dev,book]'
 	touch $@
 
-test: lint pairs unit nbmake book-smoke
+test: lint pairs unit-matrix nbmake book-smoke
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -28,6 +29,17 @@ pairs: install
 
 unit: install
 	$(VENV)/bin/pytest tests
+
+# The unit suite on 1 and 2 threads, each with the CPU's own kernels and with AVX2 kernels only
+# (ATen, oneDNN and MKL): a test that passes only on one CPU or thread count fails here.
+AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+unit-matrix: install
+	@set -e; for threads in 1 2; do for isa in default avx2; do \
+	  echo "== unit suite: OMP_NUM_THREADS=$$threads, kernels $$isa"; \
+	  if [ $$isa = avx2 ]; then isa_env="$(AVX2)"; else isa_env=; fi; \
+	  env OMP_NUM_THREADS=$$threads $$isa_env $(PY) tools/cpu_info.py; \
+	  env OMP_NUM_THREADS=$$threads $$isa_env $(VENV)/bin/pytest tests; \
+	done; done
 
 nbmake: install
 	UCDIR_SMOKE=1 $(VENV)/bin/pytest --nbmake --nbmake-kernel=python3 notebooks/

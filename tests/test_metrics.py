@@ -6,6 +6,8 @@ import torch
 
 from ucdir_lite.metrics import mean_average_precision, precision_at_k, retrieval_report
 
+from _tolerances import cosine_error, cosine_scores, min_gap, unit_roundoff
+
 
 def _rankings(query, gallery, exclude_self):
     """Per query: gallery indices by descending cosine similarity, stable (lower index first)."""
@@ -56,10 +58,36 @@ def _data(n_query, n_gallery, seed, ties, dtype=np.float64):
         gallery[1:4] = gallery[0]  # exact duplicates
     else:
         query, gallery = rng.normal(size=(n_query, 8)), rng.normal(size=(n_gallery, 8))
+        query, gallery = query.astype(dtype), gallery.astype(dtype)
+        # drop the few gallery items whose score with some query comes within twice the float
+        # error of another item's: then every ranking is the same in any order of summation
+        bound = cosine_error(8, unit_roundoff(dtype))
+        scores = cosine_scores(query, gallery)
+        order = np.argsort(scores, axis=1)
+        gaps = np.diff(np.take_along_axis(scores, order, axis=1), axis=1)
+        near = np.zeros(n_gallery, dtype=bool)
+        rows, cols = np.nonzero(gaps <= 2 * bound)
+        near[order[rows, cols]] = near[order[rows, cols + 1]] = True
+        near[0] = False  # keep the one item of class 4
+        gallery, gallery_labels = gallery[~near], gallery_labels[~near]
     return query.astype(dtype), query_labels, gallery.astype(dtype), gallery_labels
 
 
 KS = (1, 5, 7, 50, 1000)  # 1000 > gallery size
+
+
+def _assert_rankings_are_exact(query, gallery, ties):
+    """The loops (numpy) and the package (torch, chunked matrix products) compute the scores in
+    different orders, so P@K and mAP may be compared exactly (abs=1e-9, on counts divided the
+    same way) only if every ranking is the same under both: with ``ties``, +-1 features in 16-d
+    give cosines that are multiples of 1/16, exact in any order; otherwise two scores must lie
+    further apart than twice the float error of a cosine, so that each computation, off by at
+    most that error, orders them as the exact values do."""
+    if ties:
+        assert np.abs(query).min() == np.abs(query).max() == 1.0 and query.shape[1] == 16
+    else:
+        bound = cosine_error(query.shape[1], unit_roundoff(query.dtype))
+        assert min_gap(cosine_scores(query, gallery)) > 2 * bound
 
 
 def _torch(*arrays):
@@ -70,6 +98,7 @@ def _torch(*arrays):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_precision_at_k_equals_loop(ties, dtype):
     q, ql, g, gl = _data(90, 150, seed=int(ties), ties=ties, dtype=dtype)
+    _assert_rankings_are_exact(q, g, ties)
     expected = loop_precision(q, ql, g, gl, KS)
     for chunk_size in (1, 7, 1024):
         got = precision_at_k(*_torch(q, ql, g, gl), KS, chunk_size=chunk_size)
@@ -81,6 +110,7 @@ def test_precision_at_k_equals_loop(ties, dtype):
 @pytest.mark.parametrize("ties", [True, False])
 def test_map_equals_loop(ties):
     q, ql, g, gl = _data(60, 120, seed=2, ties=ties)
+    _assert_rankings_are_exact(q, g, ties)
     expected = loop_map(q, ql, g, gl)
     for chunk_size in (1, 13, 1024):
         got = mean_average_precision(*_torch(q, ql, g, gl), chunk_size)

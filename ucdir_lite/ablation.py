@@ -62,7 +62,7 @@ _LOSS_FIELDS = {
     "se": ("se_variant", "se_weight", "se_start", "se_tau"),
     "dd": ("dd_variant", "dd_weight", "dd_start", "ot_epsilon", "dd_tau"),
 }
-_CLUSTER_FIELDS = ("tau", "num_clusters", "kmeans_iters", "kmeans_restarts")
+_CLUSTER_FIELDS = ("tau", "num_clusters", "kmeans_iters", "kmeans_restarts", "cluster_on")
 # Modules whose source decides what a run learns (part of the code version).
 _TRAINING_MODULES = ("train", "losses", "clustering", "transport", "model", "datasets",
                      "config", "utils", "metrics")
@@ -415,6 +415,7 @@ def run_ablation(
     overrides: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) the warm-up and every arm for each pair and seed; write the results.
 
@@ -432,6 +433,9 @@ def run_ablation(
             ``{"ks": (1, 5, 15)}`` for Office-Home's P@1/5/15).
         cache_dir: the run cache (default: ``default_cache_dir()``).
         progress: a progress bar over runs.
+        threads: CPU threads of each job (default: the cores shared out over ``jobs``, or this
+            process's thread count for ``jobs=1``). Float sums, and so the trained weights,
+            depend on the thread count: runs are bit-reproducible at a fixed one.
 
     Returns:
         ``{"preset", "overrides", "pairs", "seeds", "arms", "rows", "timing"}``; ``rows`` holds
@@ -456,7 +460,10 @@ def run_ablation(
         jobs = 1 if on_gpu else 2
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be >= 1")
     cache = _cache_dir(cache_dir)
 
     warmups: dict[str, TrainConfig] = {}

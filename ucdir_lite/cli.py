@@ -88,7 +88,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.ks:
         overrides["ks"] = tuple(args.ks)
     cfg = cfg.replace(**overrides)
-    eval_a, eval_b = (d.eval_set for d in build_data(cfg, progress=not args.no_progress))
+    # eval_data: the images exactly as training evaluated them (in one tensor when they were
+    # trained from memory), so the report reproduces the run's metrics.json
+    eval_a, eval_b = (d.eval_data for d in build_data(cfg, progress=not args.no_progress))
     report = evaluate(encoder, eval_a, eval_b, ks=cfg.ks, device=args.device,
                       batch_size=cfg.eval_batch_size)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -37,19 +37,22 @@ class KMeansResult(NamedTuple):
     inertia: float
 
 
-def _nearest(x: Tensor, x_sq: Tensor, centroids: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+def _nearest(x: Tensor, centroids: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
     """Index of and squared distance to the nearest centroid, ``chunk_size`` rows at a time.
 
-    ``||x_i - c_j||^2 = ||x_i||^2 - 2 x_i.c_j + ||c_j||^2`` (``x_sq`` holds ``||x_i||^2``);
-    memory stays ``chunk_size x k``.
+    The nearest centroid is found with ``||x_i - c_j||^2 = ||x_i||^2 - 2 x_i.c_j + ||c_j||^2``
+    (one matrix product), whose cancellation leaves an error of about ``eps * ||x_i||^2``;
+    the distance to the chosen centroid is then recomputed directly
+    as ``sum_d (x_id - c_jd)^2``, which is exactly 0 for a point on its centroid and accurate to
+    ``eps`` relative otherwise. Memory stays ``chunk_size x k``.
     """
     c_sq = centroids.square().sum(1)
     labels, dists = [], []
-    for xc, xc_sq in zip(x.split(chunk_size), x_sq.split(chunk_size), strict=True):
+    for xc in x.split(chunk_size):
         partial = torch.addmm(c_sq[None, :], xc, centroids.T, alpha=-2.0)  # ||c||^2 - 2 x.c
-        d, j = partial.min(dim=1)
+        j = partial.argmin(dim=1)
         labels.append(j)
-        dists.append(d.add_(xc_sq).clamp_min_(0.0))
+        dists.append((xc - centroids[j]).square().sum(1))
     return torch.cat(labels), torch.cat(dists)
 
 
@@ -71,6 +74,7 @@ def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generato
     first = torch.randint(n, (1,), generator=generator, device=x.device)
     centers = [x[first]]
     closest = _sq_dist_to(x, x_sq, x[first])[0]
+    closest[first] = 0.0  # exactly: a chosen centre is never drawn again
     for _ in range(1, k):
         cumulative = closest.double().cumsum(0)
         total = cumulative[-1]
@@ -80,6 +84,7 @@ def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generato
             r = torch.rand(n_trials, generator=generator, device=x.device, dtype=torch.float64)
             cand = torch.searchsorted(cumulative, r * total, right=True).clamp_(max=n - 1)
         trial = torch.minimum(closest[None, :], _sq_dist_to(x, x_sq, x[cand]))
+        trial[torch.arange(len(cand), device=x.device), cand] = 0.0  # each candidate itself
         best = trial.sum(1).argmin()
         closest = trial[best]
         centers.append(x[cand[best]][None])
@@ -87,12 +92,12 @@ def _kmeans_plus_plus(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generato
 
 
 def _lloyd(
-    x: Tensor, x_sq: Tensor, centroids: Tensor, n_iter: int, chunk_size: int
+    x: Tensor, centroids: Tensor, n_iter: int, chunk_size: int
 ) -> KMeansResult:
     """Up to ``n_iter`` Lloyd steps (mean of each cluster, then re-assign), stopping at a
     fixed point. An empty cluster is re-seeded at the point farthest from its centroid."""
     k = centroids.shape[0]
-    labels, dist = _nearest(x, x_sq, centroids, chunk_size)
+    labels, dist = _nearest(x, centroids, chunk_size)
     for _ in range(n_iter):
         counts = torch.bincount(labels, minlength=k)
         sums = torch.zeros_like(centroids).index_add_(0, labels, x)
@@ -101,7 +106,7 @@ def _lloyd(
         if empty.numel() > 0:
             far = dist.argsort(descending=True)[: empty.numel()]
             centroids[empty] = x[far]
-        new_labels, dist = _nearest(x, x_sq, centroids, chunk_size)
+        new_labels, dist = _nearest(x, centroids, chunk_size)
         converged = empty.numel() == 0 and torch.equal(new_labels, labels)
         labels = new_labels
         if converged:
@@ -173,7 +178,7 @@ def kmeans(
             raise ValueError(
                 f"init must have shape (k, D) = ({k}, {x.shape[1]}); got {tuple(init.shape)}."
             )
-        best = _lloyd(x, x_sq, init.clone(), n_iter, chunk_size)
+        best = _lloyd(x, init.clone(), n_iter, chunk_size)
     else:
         generator = torch.Generator(device=x.device).manual_seed(seed)
         best = None
@@ -184,7 +189,7 @@ def kmeans(
                 seeds = _kmeans_plus_plus(x[sub], x_sq[sub], k, generator)
             else:
                 seeds = _kmeans_plus_plus(x, x_sq, k, generator)
-            result = _lloyd(x, x_sq, seeds, n_iter, chunk_size)
+            result = _lloyd(x, seeds, n_iter, chunk_size)
             if best is None or result.inertia < best.inertia:
                 best = result
     n_used = int(torch.bincount(best.labels, minlength=k).gt(0).sum())
