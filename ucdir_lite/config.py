@@ -24,6 +24,7 @@ _CHOICES = {
     "cw_variant": ("prototype", "supcon"),
     "se_variant": ("in_domain", "cross_domain"),
     "dd_variant": ("ot", "sample"),
+    "cluster_on": ("features", "bank"),
 }
 _TUPLE_FIELDS = ("domains", "ks", "classes")
 
@@ -48,6 +49,9 @@ class TrainConfig:
     """Input size in pixels (generated images are rendered at this size)."""
     data_seed: int = 0
     """Generated benchmark only: the generator's seed."""
+    eval_resize_ratio: float = 1.0
+    """Evaluation resizes the shorter side to ``image_size * eval_resize_ratio``, then
+    centre-crops ``image_size`` (the official code: 256 then 224, ratio 256/224)."""
     batch_augment: bool | None = None
     """Keep the decoded images as one uint8 tensor and augment whole batches on the device
     (``train.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
@@ -93,12 +97,19 @@ class TrainConfig:
     """Temperature of the soft assignment p_ij and of L_CW, L_SE (spec §2-4)."""
     m: float = 0.99
     """Key-encoder momentum (MoCo: 0.999; 0.99 suits a few thousand images)."""
+    key_bn_splits: int = 2
+    """The key encoder's batch norm statistics come from this many random groups of the
+    (shuffled) key batch, MoCo's shuffling BN (official code: 2); 1: plain BN over the batch."""
     num_clusters: int = 30
     """K, the number of clusters per domain."""
     kmeans_iters: int = 20
     """Lloyd iterations per k-means run."""
     kmeans_restarts: int = 5
     """k-means restarts (the lowest inertia wins)."""
+    cluster_on: str = "features"
+    """What k-means clusters each epoch: features (official code: every image's key-encoder
+    feature, eval mode, no augmentation, computed afresh) | bank (the memory bank: keys of
+    augmented views written at earlier steps; no extra pass over the data)."""
     iw_weight: float = 1.0
     """Weight of L_IW after warm-up (official code: 1; the tutorial's CW rows: 0)."""
     cw: bool = True
@@ -109,7 +120,8 @@ class TrainConfig:
     cw_weight: float = 1.0
     """Weight of L_CW once ramped up."""
     cw_ramp_epochs: int = 0
-    """Epochs over which w_CW rises linearly after warm-up (0: full weight at once)."""
+    """Epochs over which w_CW rises linearly after warm-up, from 0 at the warm-up's end
+    (official code: w (e - 20) / 80 for 20 <= e < 100); 0: full weight at once."""
     supcon_tau: float = 0.2
     """Temperature of the supcon L_CW and of the prototype confidence."""
     conf_threshold: float = 0.2
@@ -198,7 +210,7 @@ class TrainConfig:
         positive = ("num_classes", "images_per_class", "image_size", "feat_dim", "width",
                     "batch_size", "epochs", "num_clusters", "kmeans_iters", "kmeans_restarts",
                     "eval_batch_size", "lr", "tau_iw", "tau", "supcon_tau", "se_tau", "dd_tau",
-                    "ot_epsilon")
+                    "ot_epsilon", "key_bn_splits")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
@@ -212,6 +224,17 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}; "
                 "lower warmup_epochs or raise epochs"
+            )
+        if self.eval_resize_ratio < 1.0:
+            raise ValueError(
+                f"eval_resize_ratio={self.eval_resize_ratio!r} must be >= 1 (resize, then "
+                "centre-crop image_size); use 1 for no crop, 256/224 as the official code"
+            )
+        if (2 * self.batch_size) % self.key_bn_splits:
+            raise ValueError(
+                f"key_bn_splits={self.key_bn_splits} must divide the key batch of 2 x "
+                f"batch_size={self.batch_size} per domain into equal groups; use a divisor of "
+                "batch_size, e.g. 2, or 1 for plain BN"
             )
         if not 0.0 <= self.m <= 1.0:
             raise ValueError(f"m={self.m!r} must lie in [0, 1]")
@@ -236,7 +259,7 @@ class TrainConfig:
             return 0.0
         if self.cw_ramp_epochs == 0:
             return self.cw_weight
-        return self.cw_weight * min(1.0, (epoch - self.warmup_epochs + 1) / self.cw_ramp_epochs)
+        return self.cw_weight * min(1.0, (epoch - self.warmup_epochs) / self.cw_ramp_epochs)
 
     def se_weight_at(self, epoch: int) -> float:
         """w_SE in force at ``epoch``."""
@@ -329,20 +352,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "office-home": dict(
         data_root="data/office_home", domains=("Real World", "Clipart"), image_size=224,
+        eval_resize_ratio=256 / 224,
         arch="resnet50", feat_dim=128, optimizer="sgd", lr=2e-4, momentum=0.9,
         weight_decay=1e-4, cosine=True, batch_size=64, epochs=200, warmup_epochs=20,
         tau_iw=0.2, m=0.999, num_clusters=65, kmeans_iters=20, kmeans_restarts=5,
         iw_weight=1.0, cw_variant="supcon", cw_weight=0.5, cw_ramp_epochs=80,
-        se_variant="cross_domain", se_weight=1.0, se_start=100,
+        se_variant="cross_domain", se_weight=1.0, se_tau=0.01, se_start=100,
         dd_variant="sample", dd_weight=0.5, dd_start=100, ks=(1, 5, 15), eval_every=20,
     ),
     "domainnet": dict(
         data_root="data/domainnet", domains=("clipart", "sketch"), image_size=224,
+        eval_resize_ratio=256 / 224,
         arch="resnet50", feat_dim=128, optimizer="sgd", lr=2e-4, momentum=0.9,
         weight_decay=1e-4, cosine=True, batch_size=64, epochs=200, warmup_epochs=20,
         tau_iw=0.2, m=0.999, num_clusters=7, kmeans_iters=20, kmeans_restarts=5,
         iw_weight=1.0, cw_variant="supcon", cw_weight=1.0, cw_ramp_epochs=80,
-        se_variant="cross_domain", se_weight=0.5, se_start=100,
+        se_variant="cross_domain", se_weight=0.5, se_tau=0.1, se_start=100,
         dd_variant="sample", dd_weight=0.1, dd_start=100, ks=(50, 100, 200), eval_every=20,
     ),
 }

@@ -28,6 +28,8 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # ImageNet statistics: the convention of torchvision's pretrained backbones.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+CROP_SCALE = (0.2, 1.0)
+"""Area fraction of MoCo v2's random resized crop, as in the official UCDIR code."""
 
 _HINT = "run `ucdir-lite data generate` for the built-in benchmark, or check --data-root"
 _DECODE_ERRORS = (
@@ -233,7 +235,7 @@ def common_classes(root: str | os.PathLike, domains: Sequence[str]) -> list[str]
 def train_transform(
     image_size: int = 32,
     *,
-    crop_scale: tuple[float, float] = (0.3, 1.0),
+    crop_scale: tuple[float, float] = CROP_SCALE,
     hflip: bool = True,
     blur: bool = True,
 ) -> v2.Compose:
@@ -321,8 +323,12 @@ def make_loader(
     seed: int = 0,
     num_workers: int | None = None,
     pin_memory: bool | None = None,
+    order: Sequence[int] | None = None,
 ) -> DataLoader:
     """A DataLoader for training (shuffled with a seeded generator, ``drop_last``) or evaluation.
+
+    ``order``: the dataset indices to visit, in this order (repeats allowed), instead of a
+    shuffle (e.g. ``train.epoch_indices``).
 
     ``num_workers`` defaults to 0 on CPU (the small machines this package targets gain
     nothing from worker processes) and to ``min(8, cpus - 1)`` persistent workers with CUDA.
@@ -332,7 +338,7 @@ def make_loader(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    n = len(dataset)
+    n = len(dataset) if order is None else len(order)
     if train and n < batch_size:
         name = getattr(dataset, "domain", type(dataset).__name__)
         raise ValueError(
@@ -349,7 +355,8 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and order is None,
+        sampler=None if order is None else list(order),
         drop_last=train,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -360,6 +367,7 @@ def make_loader(
 
 
 __all__ = [
+    "CROP_SCALE",
     "IMG_EXTENSIONS",
     "MEAN",
     "STD",

@@ -497,11 +497,14 @@ def sample_distance_of_distance_loss(
     sample-by-sample cosine distance in that prototype space,
 
     .. math::
-        \mathcal{L} = \frac{1}{B^2}\sum_{i,j}\big(M^A_{ij} - M^B_{ij}\big)^2
+        \mathcal{L} = \frac{1}{B}\sum_{i=1}^{B}\sum_{j=1}^{B}\big(M^A_{ij} - M^B_{ij}\big)^2
 
     Two samples close in one domain's cluster structure should be close in the other's.
     No matching is needed: each matrix is indexed by samples, not by clusters. The
-    trainer applies it to the batches of both domains.
+    trainer applies it to the batches of both domains. As in the official code, the squared
+    differences are summed over j (the squared distance between row i of M^A and row i of
+    M^B) and averaged over i: B times the mean over all B^2 entries, the scale on which the
+    official weights (0.5 Office-Home, 0.1 DomainNet) were set.
 
     Args:
         z: (B, D) features of one domain's batch.
@@ -510,7 +513,7 @@ def sample_distance_of_distance_loss(
         tau: temperature of the soft assignments (0.01 in the official code).
 
     Returns:
-        Scalar tensor, the mean over all ``B^2`` sample pairs.
+        Scalar tensor, the mean over samples i of the sum over samples j.
 
     Reference: UCDIR official code (github.com/conghuihu/UCDIR).
     """
@@ -524,4 +527,4 @@ def sample_distance_of_distance_loss(
     p_b = F.normalize(soft_assign(z, centroids_b, tau=tau), dim=1)
     distances_a = 1 - p_a @ p_a.T
     distances_b = 1 - p_b @ p_b.T
-    return (distances_a - distances_b).pow(2).mean()
+    return (distances_a - distances_b).pow(2).sum(dim=1).mean()

@@ -145,8 +145,24 @@ def _strip(key: str) -> str:
     return key
 
 
-def _backbone_state(obj: object) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a loaded checkpoint and keep the backbone's tensors."""
+def _head_state(obj: object) -> dict[str, torch.Tensor]:
+    """The projection head's tensors in a loaded checkpoint, keyed as ``Encoder.head``'s
+    (``"0.weight"``...): MoCo v2's ``fc.0``/``fc.2`` MLP or a ucdir-lite ``head.*``; {} if it
+    has none (a classifier's single ``fc.weight``/``fc.bias`` is not a projection head)."""
+    state = {}
+    for key, value in _state_dict(obj).items():
+        if key.startswith(("module.encoder_k.", "encoder_k.")) or not isinstance(
+                value, torch.Tensor):
+            continue
+        key = _strip(key)
+        for prefix in ("fc.", "head."):
+            if key.startswith(prefix) and key[len(prefix):].split(".")[0].isdigit():
+                state[key[len(prefix):]] = value
+    return state
+
+
+def _state_dict(obj: object) -> Mapping:
+    """The state dict inside a loaded checkpoint (plain, ``state_dict``, ``model``...)."""
     if isinstance(obj, Mapping):
         for name in ("state_dict", "model", "encoder_q"):
             if isinstance(obj.get(name), Mapping):
@@ -154,8 +170,13 @@ def _backbone_state(obj: object) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError("it holds no state dict (a mapping from parameter names to tensors)")
+    return obj
+
+
+def _backbone_state(obj: object) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a loaded checkpoint and keep the backbone's tensors."""
     state = {}
-    for key, value in obj.items():
+    for key, value in _state_dict(obj).items():
         if not isinstance(value, torch.Tensor) or not isinstance(key, str):
             continue
         if key.startswith(("module.encoder_k.", "encoder_k.", "module.queue")):
@@ -183,12 +204,15 @@ def _guess_arch(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a local backbone checkpoint into ``model`` (an ``Encoder`` or a bare backbone).
+    """Load a local checkpoint into ``model`` (an ``Encoder`` or a bare backbone).
 
     Accepts a plain state dict, ``{"state_dict": ...}`` (also ``{"model": ...}``), MoCo v2
-    checkpoints (``module.encoder_q.*`` keys; the key encoder, queue and fc/head keys are
-    dropped) and ucdir-lite checkpoints. Every backbone tensor must be found with the right
-    shape; the projection head keeps its initialisation. Returns ``model``.
+    checkpoints (``module.encoder_q.*`` keys; the key encoder and the queue are dropped) and
+    ucdir-lite checkpoints. Every backbone tensor must be found with the right shape. Into an
+    ``Encoder``, a projection head in the checkpoint (MoCo v2's ``fc.0``/``fc.2`` MLP, or a
+    ucdir-lite ``head.*``) is loaded too, as the official UCDIR code loads MoCo v2's backbone
+    and head into both encoders; its shapes must match the encoder's head. A checkpoint
+    without a head (a bare backbone) leaves the head at its initialisation. Returns ``model``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -219,7 +243,73 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Modul
             "(and small_input as it was trained)"
         )
     target.load_state_dict(fits)
+    head = _head_state(obj) if isinstance(model, Encoder) else {}
+    if head:
+        _load_head(model, head, path)
     return model
+
+
+def _load_head(model: Encoder, head: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.head.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in head.items()}
+    wanted = {k: tuple(v.shape) for k, v in expected.items()}
+    if shapes != wanted:
+        raise ValueError(
+            f"checkpoint {str(path)!r} has a projection head of shapes {shapes}, but the "
+            f"encoder's head has {wanted}; build the encoder with the checkpoint's feat_dim "
+            f"and hidden_dim (MoCo v2: feat_dim=128, hidden_dim = the backbone's width)"
+        )
+    model.head.load_state_dict(head)
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises ``num_splits`` groups of the batch separately
+    (sample n in group ``n % num_splits``), as if each group sat on its own GPU.
+
+    MoCo's key encoder uses such per-GPU batch statistics, with the batch shuffled before the
+    split, so that a query and its key are never normalised with the same statistics (which
+    would let the encoder "cheat" through BN; He et al., CVPR 2020, §3.3 "Shuffling BN"). The
+    official UCDIR code does this on one GPU with two splits. Each group's statistics update
+    the running mean and variance, which are then averaged over the groups; in eval mode this
+    is a plain BatchNorm2d with those running statistics.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 2, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits!r}")
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % s:
+            raise ValueError(f"a batch of {n} cannot be split into {s} equal BN groups")
+        # (n, c) -> (n / s, s * c): channel block g of the reshaped batch holds group g
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        y = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, self.weight.repeat(s),
+                         self.bias.repeat(s), True, self.momentum, self.eps)
+        self.running_mean.copy_(mean.view(s, c).mean(0))
+        self.running_var.copy_(var.view(s, c).mean(0))
+        return y.reshape(n, c, h, w)
+
+
+def split_batch_norm(module: nn.Module, num_splits: int = 2) -> nn.Module:
+    """Replace, in place, every BatchNorm2d of ``module`` by a ``SplitBatchNorm`` holding the
+    same parameters and running statistics (the state-dict keys do not change). Returns it."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
+            split = SplitBatchNorm(child.num_features, num_splits, eps=child.eps,
+                                   momentum=child.momentum, affine=child.affine,
+                                   track_running_stats=child.track_running_stats)
+            split.load_state_dict(child.state_dict())
+            split.to(device=child.weight.device if child.affine else None)
+            setattr(module, name, split)
+        else:
+            split_batch_norm(child, num_splits)
+    return module
 
 
 @torch.no_grad()

@@ -54,7 +54,7 @@ from ucdir_lite.losses import (
     self_entropy_loss,
 )
 from ucdir_lite.metrics import retrieval_report
-from ucdir_lite.model import Encoder, build_encoder, momentum_update
+from ucdir_lite.model import Encoder, build_encoder, momentum_update, split_batch_norm
 from ucdir_lite.transport import match_clusters
 from ucdir_lite.utils import (
     atomic_torch_save,
@@ -139,6 +139,7 @@ class DomainData:
     eval_set: ds_lib.DomainDataset
     train_set: Dataset | None = None
     images: torch.Tensor | None = None
+    tensor_eval: bool = True
 
     def __len__(self) -> int:
         return len(self.eval_set)
@@ -146,8 +147,9 @@ class DomainData:
     @property
     def eval_data(self) -> Dataset:
         """What the bank initialisation and evaluation read: with ``images``, the same
-        pixels as ``eval_set`` already normalised in one tensor (no per-image transforms)."""
-        if self.images is None:
+        pixels as ``eval_set`` already normalised in one tensor (no per-image transforms);
+        ``eval_set`` itself when its transform resizes and crops (``tensor_eval`` False)."""
+        if self.images is None or not self.tensor_eval:
             return self.eval_set
         mean = torch.tensor(ds_lib.MEAN, device=self.images.device)[None, :, None, None]
         std = torch.tensor(ds_lib.STD, device=self.images.device)[None, :, None, None]
@@ -194,9 +196,11 @@ def build_data(cfg: TrainConfig, progress: bool = False) -> list[DomainData]:
     for name in cfg.domains:
         base = ds_lib.DomainDataset(root, name, classes=classes, in_memory=fast)
         eval_set = copy.copy(base)  # shares the decoded images, if any
-        eval_set.transform = ds_lib.eval_transform(cfg.image_size)
+        eval_set.transform = ds_lib.eval_transform(cfg.image_size,
+                                                   resize_ratio=cfg.eval_resize_ratio)
         if fast:
-            out.append(DomainData(name, eval_set, images=_image_tensor(base, cfg.image_size)))
+            out.append(DomainData(name, eval_set, images=_image_tensor(base, cfg.image_size),
+                                  tensor_eval=cfg.eval_resize_ratio == 1.0))
         else:
             train_set = copy.copy(base)
             train_set.transform = ds_lib.TwoViews(ds_lib.train_transform(cfg.image_size))
@@ -232,7 +236,8 @@ class BatchAugment:
     ``generator`` passed in, so a seeded generator gives the same views on every run.
     """
 
-    def __init__(self, image_size: int, crop_scale: tuple[float, float] = (0.3, 1.0)) -> None:
+    def __init__(self, image_size: int,
+                 crop_scale: tuple[float, float] = ds_lib.CROP_SCALE) -> None:
         self.image_size = image_size
         self.crop_scale = crop_scale
         self.kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # as datasets.train_transform
@@ -310,32 +315,48 @@ class BatchAugment:
         return (x - mean) / std
 
 
+def epoch_indices(sizes: Sequence[int], seed: int, epoch: int) -> list[torch.Tensor]:
+    """Each domain's image order for one epoch, as the official code draws it: one shuffled
+    order of ``range(max(sizes))`` shared by both domains; in a smaller domain a position past
+    its size is replaced by a random image of that domain (resampling). Seeded from
+    (seed, epoch)."""
+    largest = max(sizes)
+    order = torch.randperm(largest, generator=torch.Generator().manual_seed(
+        derive_seed(seed, epoch)))
+    out = []
+    for d, n in enumerate(sizes):
+        index = order.clone()
+        over = index >= n
+        draws = torch.Generator().manual_seed(derive_seed(seed, epoch, 20 + d))
+        index[over] = torch.randint(n, (int(over.sum()),), generator=draws)
+        out.append(index)
+    return out
+
+
 def _epoch_batches(cfg: TrainConfig, data: Sequence[DomainData], epoch: int,
                    device: torch.device, workers: int):
-    """Yield, per step, [(view 1, view 2, bank index)] for domain A and B; the shuffling and
-    the augmentations are seeded from (seed, epoch, domain). The number of steps is that of
-    the smaller domain (incomplete batches are dropped)."""
+    """Yield, per step, [(view 1, view 2, bank index)] for domain A and B. An epoch runs over
+    the larger domain (``epoch_indices``; incomplete batches are dropped); the augmentations
+    are seeded from (seed, epoch, domain)."""
+    orders = epoch_indices([len(domain) for domain in data], cfg.seed, epoch)
+    steps = len(orders[0]) // cfg.batch_size
     if data[0].images is not None:
         augment = BatchAugment(cfg.image_size)
-        perms, gens = [], []
-        for d, domain in enumerate(data):
-            cpu = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, d))
-            perms.append(torch.randperm(len(domain), generator=cpu))
-            gen = torch.Generator(device).manual_seed(derive_seed(cfg.seed, epoch, 10 + d))
-            gens.append(gen)
-        steps = min(len(domain) for domain in data) // cfg.batch_size
+        gens = [torch.Generator(device).manual_seed(derive_seed(cfg.seed, epoch, 10 + d))
+                for d in range(len(data))]
         for s in range(steps):
             batch = []
             for d, domain in enumerate(data):
-                index = perms[d][s * cfg.batch_size:(s + 1) * cfg.batch_size].to(device)
+                index = orders[d][s * cfg.batch_size:(s + 1) * cfg.batch_size].to(device)
                 x = domain.images[index]
                 batch.append((augment(x, gens[d]), augment(x, gens[d]), index))
             yield batch
     else:
         loaders = [ds_lib.make_loader(domain.train_set, cfg.batch_size, train=True,
-                                      num_workers=workers, seed=derive_seed(cfg.seed, epoch, d))
+                                      num_workers=workers, seed=derive_seed(cfg.seed, epoch, d),
+                                      order=orders[d].tolist())
                    for d, domain in enumerate(data)]
-        for batches in zip(*loaders, strict=False):
+        for batches in zip(*loaders, strict=True):
             yield [(views[0].to(device, non_blocking=True), views[1].to(device, non_blocking=True),
                     index.to(device)) for views, _, index in batches]
 
@@ -395,6 +416,23 @@ def evaluate(
     return retrieval_report(feats_a, labels_a, feats_b, labels_b, ks=tuple(ks), in_domain=in_domain)
 
 
+def label_selected_best(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The evaluated epoch the official code would report: the highest mean over the two
+    cross-domain directions of P@K at the first K (P@1 on Office-Home). The choice reads the
+    labels of the very images it scores, so the figure is label-selected and optimistic; the
+    package's own figure is the last epoch. None if no epoch was evaluated."""
+    evaluated = [e for e in history if "metrics" in e]
+    if not evaluated:
+        return None
+
+    def score(entry: dict[str, Any]) -> float:
+        a_b, b_a = entry["metrics"]["A->B"], entry["metrics"]["B->A"]
+        first = next(iter(a_b))
+        return (a_b[first] + b_a[first]) / 2
+
+    return max(evaluated, key=score)  # the first of equal scores, as the official strict '<'
+
+
 # ------------------------------------------------------------------------------- schedule
 
 
@@ -420,24 +458,24 @@ def loss_weights(cfg: TrainConfig, epoch: int) -> dict[str, float]:
 
 @dataclass
 class Clusters:
-    """One epoch's clustering of the two banks: prototypes (K, D) (L2-normalised k-means
-    centroids), labels (N_d,) per bank slot, and the OT matching (K,) of A's to B's clusters
-    (None unless the OT L_DD is on)."""
+    """One epoch's clustering of the two domains: prototypes (K, D) (L2-normalised k-means
+    centroids), labels (N_d,) per image (= bank slot), and the OT matching (K,) of A's to B's
+    clusters (None unless the OT L_DD is on)."""
 
     centroids: tuple[torch.Tensor, torch.Tensor]
     labels: tuple[torch.Tensor, torch.Tensor]
     matching: torch.Tensor | None
 
 
-def cluster_banks(cfg: TrainConfig, banks: Sequence[torch.Tensor], epoch: int,
-                  match: bool) -> Clusters:
-    """k-means on each domain's bank (seeded from (seed, epoch, domain)); with ``match``, the
-    Sinkhorn matching of the two prototype sets (computed once per epoch: the prototypes do
-    not move within an epoch)."""
+def cluster_features(cfg: TrainConfig, features: Sequence[torch.Tensor], epoch: int,
+                     match: bool) -> Clusters:
+    """k-means on each domain's features, one row per image in bank order (seeded from
+    (seed, epoch, domain)); with ``match``, the Sinkhorn matching of the two prototype sets
+    (computed once per epoch: the prototypes do not move within an epoch)."""
     results = [
-        kmeans(bank, cfg.num_clusters, n_iter=cfg.kmeans_iters, n_restarts=cfg.kmeans_restarts,
+        kmeans(x, cfg.num_clusters, n_iter=cfg.kmeans_iters, n_restarts=cfg.kmeans_restarts,
                seed=derive_seed(cfg.seed, epoch, 1000 + d))
-        for d, bank in enumerate(banks)
+        for d, x in enumerate(features)
     ]
     centroids = tuple(nn.functional.normalize(r.centroids, dim=1) for r in results)
     matching = match_clusters(*centroids, epsilon=cfg.ot_epsilon) if match else None
@@ -477,9 +515,10 @@ def step_losses(
             for d in (0, 1):
                 labels = clusters.labels[d][index[d]]
                 keep = prototype_confidence(k[d], c[d], labels, tau=cfg.supcon_tau)
+                # the bank holds this batch's keys: each sample's own slot is a positive
                 parts.append(cluster_wise_supcon_loss(
                     q[d], labels, banks[d], clusters.labels[d], tau=cfg.supcon_tau,
-                    keep=keep >= cfg.conf_threshold, index=index[d]))
+                    keep=keep > cfg.conf_threshold))
             terms["cw"] = mean(parts)
     if weights["se"] > 0:
         if cfg.se_variant == "in_domain":
@@ -542,7 +581,9 @@ def _new_state(cfg: TrainConfig, device: torch.device, amp: bool, pretrained: bo
     # channels_last: 2-3x faster convolutions on the CPU, and the tensor-core layout on cuda
     encoder_q = build_model(cfg if pretrained else cfg.replace(weights=None))
     encoder_q = encoder_q.to(device, memory_format=torch.channels_last)
-    encoder_k = copy.deepcopy(encoder_q)
+    encoder_k = copy.deepcopy(encoder_q)  # the same weights, head included (official code)
+    if cfg.key_bn_splits > 1:
+        split_batch_norm(encoder_k, cfg.key_bn_splits)
     encoder_k.requires_grad_(False)
     params = encoder_q.parameters()
     if cfg.optimizer == "adam":
@@ -631,7 +672,8 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> tuple[Encoder, Tra
     cfg = TrainConfig.from_dict(ckpt["config"])
     encoder = build_model(cfg.replace(weights=None))
     encoder.load_state_dict(ckpt["encoder_k"])
-    return encoder.to(resolve_device(device)).eval(), cfg
+    # the memory format training used: convolutions then sum in the same order
+    return encoder.to(resolve_device(device), memory_format=torch.channels_last).eval(), cfg
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -670,7 +712,7 @@ def _check_fork(ckpt: dict[str, Any], cfg: TrainConfig, data: dict[str, Any], pa
 
 def _train_epoch(cfg: TrainConfig, state: _State, data: Sequence[DomainData],
                  device: torch.device, amp: bool, workers: int, ckpt_note: str) -> dict[str, Any]:
-    """One epoch (state.epoch): re-seed, set lr and weights, cluster the banks, step."""
+    """One epoch (state.epoch): re-seed, set lr and weights, cluster, step."""
     epoch = state.epoch
     seed_everything(derive_seed(cfg.seed, epoch))
     lr = learning_rate(cfg, epoch)
@@ -680,7 +722,12 @@ def _train_epoch(cfg: TrainConfig, state: _State, data: Sequence[DomainData],
     clusters = None
     if any(weights[t] > 0 for t in ("cw", "se", "dd")):
         match = weights["dd"] > 0 and cfg.dd_variant == "ot"
-        clusters = cluster_banks(cfg, state.banks, epoch, match=match)
+        if cfg.cluster_on == "features":  # the official code: fresh eval-mode key features
+            points = [_encode(state.encoder_k, d.eval_data, device, cfg.eval_batch_size,
+                              workers)[0] for d in data]
+        else:
+            points = state.banks
+        clusters = cluster_features(cfg, points, epoch, match=match)
     sums: dict[str, float] = {}
     steps = 0
     state.encoder_q.train()
@@ -692,10 +739,12 @@ def _train_epoch(cfg: TrainConfig, state: _State, data: Sequence[DomainData],
         x_k = torch.cat([xk_a, xk_b]).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             z_q = state.encoder_q(x_q)  # one pass for both domains, as the official code
-            with torch.no_grad():
-                z_k = state.encoder_k(x_k)
+            z_k = shuffled_keys(state.encoder_k, x_k)
         q, k = z_q.float().split(n_a), z_k.float().split(n_a)
         index = (index_a, index_b)
+        with torch.no_grad():  # as the official code: the batch's keys enter the bank first
+            for d in (0, 1):
+                state.banks[d][index[d]] = k[d]
         terms = step_losses(cfg, weights, q, k, index, state.banks, clusters)
         terms["total"] = sum(weights[name] * value for name, value in terms.items())
         values = _check_finite(terms, epoch, steps, ckpt_note)
@@ -704,9 +753,6 @@ def _train_epoch(cfg: TrainConfig, state: _State, data: Sequence[DomainData],
         state.scaler.step(state.optimizer)
         state.scaler.update()
         momentum_update(state.encoder_q, state.encoder_k, cfg.m)
-        with torch.no_grad():  # the bank slots of this batch now hold its keys
-            for d in (0, 1):
-                state.banks[d][index[d]] = k[d]
         for name, value in zip(terms, values, strict=True):
             sums[name] = sums.get(name, 0.0) + value
         steps += 1
@@ -718,6 +764,17 @@ def _train_epoch(cfg: TrainConfig, state: _State, data: Sequence[DomainData],
         "losses": {name: total / max(steps, 1) for name, total in sums.items()},
         "steps": steps,
     }
+
+
+@torch.no_grad()
+def shuffled_keys(encoder_k: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Key features of a batch passed through the key encoder in a random order and put back
+    in order: with split batch norm (``model.SplitBatchNorm``) each BN group is then a random
+    half of the batch, MoCo's shuffling BN. Draws from torch's global generator (seeded per
+    epoch by the trainer)."""
+    perm = torch.randperm(x.shape[0]).to(x.device)
+    z = encoder_k(x[perm])
+    return torch.empty_like(z).index_copy_(0, perm, z)
 
 
 def _summary(entry: dict[str, Any]) -> str:
