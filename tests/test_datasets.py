@@ -102,6 +102,7 @@ def test_in_memory_matches_lazy(glyph_root):
     lazy = DomainDataset(glyph_root, "sketch", transform=eval_transform(16))
     cached = DomainDataset(glyph_root, "sketch", transform=eval_transform(16), in_memory=True)
     for i in (0, 5, 23):
+        # the same decoded image through the same transform, in this process: bit-identical
         assert torch.equal(lazy[i][0], cached[i][0])
 
 
@@ -172,7 +173,7 @@ def test_train_transform_shapes_and_two_views():
     q, k = TwoViews(train_transform(16))(img)
     for x in (q, k):
         assert x.shape == (3, 16, 16) and x.dtype == torch.float32
-    assert not torch.equal(q, k)
+    assert not torch.equal(q, k)  # two random augmentations: differ far beyond rounding
     plain = train_transform(16, hflip=False, blur=False)
     assert plain(img).shape == (3, 16, 16)
     with pytest.raises(ValueError, match="crop_scale"):
@@ -186,10 +187,14 @@ def test_eval_transform_is_deterministic_and_normalised():
     a = t(img)
     torch.manual_seed(1)
     b = t(img)
+    # the same deterministic transform twice, in this process: bit-identical
     assert a.shape == (3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
     white = eval_transform(16)(Image.new("RGB", (16, 16), (255, 255, 255)))
     expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
-    assert torch.allclose(white[:, 0, 0], expected, atol=1e-5)
+    # 255 / 255 = 1 exactly, then (1 - mean) / std in float32 on both sides: they differ by at
+    # most 2 gamma(2) |expected| < 1e-6 (if the ops are fused or reordered): atol 1e-5 is above
+    # it, with no default rtol=1e-5 on top
+    assert torch.allclose(white[:, 0, 0], expected, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- loaders
@@ -206,6 +211,7 @@ def test_loader_batches_and_reproducible_order(glyph_root):
     (q, k), idx = a[0]
     assert q.shape == k.shape == (10, 3, 16, 16) and idx.dtype == torch.long
     for (views_a, idx_a), (views_b, idx_b) in zip(a, b, strict=True):
+        # the same seeded augmentations, in this process, same threads: bit-identical
         assert torch.equal(idx_a, idx_b) and torch.equal(views_a[0], views_b[0])
     order = [torch.cat([i for _, i in run]).tolist() for run in (a, c)]
     assert order[0] != order[1]  # another seed, another order
@@ -224,6 +230,8 @@ def test_loader_with_a_worker_is_reproducible(glyph_root):
         return x, idx
 
     (x1, i1), (x2, i2) = first_batch(), first_batch()
+    # both batches come from one worker process seeded alike (a worker runs torch on one
+    # thread): the same computation, bit-identical
     assert torch.equal(i1, i2) and torch.equal(x1, x2)
 
 

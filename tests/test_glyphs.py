@@ -10,6 +10,8 @@ from PIL import Image
 
 from ucdir_lite import glyphs
 
+from _tolerances import gamma
+
 TINY = dict(num_classes=3, images_per_class=4, domains=("clipart", "quickdraw"), image_size=16)
 
 
@@ -28,6 +30,8 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path):
     a = _files(_generate(tmp_path / "a", seed=3))
     b = _files(_generate(tmp_path / "b", seed=3))
     c = _files(_generate(tmp_path / "c", seed=4))
+    # the same seeded float computation (numpy, scipy, PIL; no threaded reductions) twice on
+    # this machine: bit-identical bytes are owed, here and in the next two tests
     assert a == b
     assert a.keys() == c.keys()
     images = [k for k in a if k.endswith(".png")]
@@ -76,6 +80,8 @@ def test_layout_counts_and_manifest(tmp_path):
 
 def test_imbalance_is_a_geometric_decay(tmp_path):
     assert glyphs.class_counts(4, 10) == [10, 10, 10, 10]
+    # rounded float64 powers: 16 * 0.25 ** (c / 4) = 16, 11.3, 8, 5.7, 4 (below: 0.2; 8, 5.7,
+    # 4) lie >= 0.16 from a rounding boundary, far beyond float64 error
     counts = glyphs.class_counts(5, 16, imbalance=0.75)
     assert counts == [16, 11, 8, 6, 4]  # 16 * 0.25 ** (c / 4)
     assert glyphs.class_counts(3, 2, imbalance=0.9)[-1] == 1  # never zero
@@ -166,6 +172,7 @@ def test_image_parameters_are_what_the_generator_draws(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert len(drawn) == 24
     for p in drawn:
+        # the same seeded draws, in this process: exact
         assert glyphs.image_parameters(p.domain, p.class_name, p.index, seed=5) == p
 
 
@@ -183,13 +190,16 @@ def test_class_list_has_no_mirror_pairs():
     def iou(a, b):
         return np.minimum(a, b).sum() / np.maximum(a, b).sum()
 
-    assert iou(mask("b")[:, ::-1], mask("d")) > 0.8  # the check can fail
+    # each float32 sum of 32 * 32 terms in [0, 1] errs by gamma(1024) relative, the ratio by
+    # ~2 gamma(1025): the thresholds must hold by more than that in any summation order
+    tol = 2 * gamma(32 * 32 + 1)
+    assert iou(mask("b")[:, ::-1], mask("d")) > 0.8 + tol  # the check can fail
     masks = [mask(c) for _, c in glyphs.CLASSES]
     for i, a in enumerate(masks):
         for j, b in enumerate(masks):
             if i != j:
-                assert iou(a[:, ::-1], b) < 0.8, (glyphs.CLASSES[i], glyphs.CLASSES[j])
-                assert iou(a, b) < 0.8, (glyphs.CLASSES[i], glyphs.CLASSES[j])
+                assert iou(a[:, ::-1], b) < 0.8 - tol, (glyphs.CLASSES[i], glyphs.CLASSES[j])
+                assert iou(a, b) < 0.8 - tol, (glyphs.CLASSES[i], glyphs.CLASSES[j])
 
 
 # --------------------------------------------------------------- safe writing, ensure

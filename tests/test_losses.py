@@ -22,6 +22,10 @@ from ucdir_lite.losses import (
 
 DTYPE = torch.float64
 
+# Tolerances. Most tests compare a float64 loss with a float64 Python loop: there pytest's
+# default rel=1e-6 is ~1e9 times float64 rounding (gamma(n, U64) ~ 1e-15 for these few terms),
+# so it absorbs only rounding, never a wrong formula. float32 hand values state their bound.
+
 
 def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
     """n random L2-normalised rows of dimension d (float64, reproducible)."""
@@ -77,6 +81,7 @@ def test_instance_wise_hand_value() -> None:
     bank = torch.tensor([[0.0, 1.0], [5.0, 5.0]])  # slot 1 is the image's own: masked
     loss = instance_wise_loss(q, k, bank, torch.tensor([1]), tau=1.0)
     # logits [q.k, q.bank_0] = [1, 0]  ->  -log(e / (e + 1))
+    # float32 on exact logits [1, 0]: one exp, one sum, one log: ~5 u32 = 3e-7 < rel 1e-6
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
 
 
@@ -89,7 +94,7 @@ def test_instance_wise_matches_loop() -> None:
         logits = [dot(q[b], k[b]) / tau]
         logits += [dot(q[b], bank[n]) / tau for n in range(7) if n != int(index[b])]
         expected += (log_sum_exp(logits) - logits[0]) / 4
-    assert instance_wise_loss(q, k, bank, index, tau=tau).item() == pytest.approx(expected)
+    assert instance_wise_loss(q, k, bank, index, tau=tau).item() == pytest.approx(expected)  # f64
 
 
 def test_instance_wise_own_slot_is_not_a_negative() -> None:
@@ -102,6 +107,8 @@ def test_instance_wise_own_slot_is_not_a_negative() -> None:
         with_opposite[own] = -k[b]
         args = (q[b : b + 1], k[b : b + 1])
         same = instance_wise_loss(*args, with_key, index[b : b + 1]).item()
+        # float64, same shapes, only the masked slot differs: rel 1e-6 is far above rounding,
+        # far below the O(1) change an unmasked slot (q.k vs -q.k, / tau) would make
         assert same == pytest.approx(
             instance_wise_loss(*args, with_opposite, index[b : b + 1]).item()
         )
@@ -126,7 +133,8 @@ def test_instance_wise_gradients_reach_q_only() -> None:
 def test_cluster_wise_hand_value() -> None:
     z = torch.tensor([[3.0, 0.0]])
     centroids = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # cosine ignores the norms
-    # logits [1, 0]; default target = argmax = 0
+    # logits [1, 0]; default target = argmax = 0. float32, but the cosines are exact here:
+    # ~5 u32 (3e-7) of exp/sum/log rounding < rel 1e-6
     assert cluster_wise_loss(z, centroids, tau=1.0).item() == pytest.approx(
         math.log(1 + math.exp(-1)), rel=1e-6
     )
@@ -141,13 +149,13 @@ def test_cluster_wise_matches_loop() -> None:
     for i in range(6):
         logits = [cos(z[i], c) / tau for c in centroids]
         expected += (log_sum_exp(logits) - max(logits)) / 6
-    assert cluster_wise_loss(z, centroids, tau=tau).item() == pytest.approx(expected)
+    assert cluster_wise_loss(z, centroids, tau=tau).item() == pytest.approx(expected)  # f64
     labels = torch.tensor([0, 1, 2, 2, 1, 0])
     expected = 0.0
     for i in range(6):
         logits = [cos(z[i], c) / tau for c in centroids]
         expected += (log_sum_exp(logits) - logits[int(labels[i])]) / 6
-    assert cluster_wise_loss(z, centroids, tau, labels).item() == pytest.approx(expected)
+    assert cluster_wise_loss(z, centroids, tau, labels).item() == pytest.approx(expected)  # f64
 
 
 def test_cluster_wise_gradients() -> None:
@@ -161,7 +169,8 @@ def test_supcon_hand_value() -> None:
     q = torch.tensor([[1.0, 0.0]])
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     bank_labels, labels = torch.tensor([0, 0, 1]), torch.tensor([0])
-    # log-softmax of [1, 0, -1]; positives are slots 0 and 1
+    # log-softmax of [1, 0, -1]; positives are slots 0 and 1. float32 on exact logits: a few
+    # u32 of exp/sum/log rounding (< 4e-7 relative) < rel 1e-6, here and below
     lse = log_sum_exp([1.0, 0.0, -1.0])
     expected = -((1.0 - lse) + (0.0 - lse)) / 2
     loss = cluster_wise_supcon_loss(q, labels, bank, bank_labels, tau=1.0)
@@ -187,7 +196,7 @@ def test_supcon_matches_loop() -> None:
         per_sample.append(-sum(dot(q[i], bank[n]) / tau - lse for n in positives) / len(positives))
     expected = sum(per_sample) / len(per_sample)
     loss = cluster_wise_supcon_loss(q, labels, bank, bank_labels, tau, keep=keep, index=index)
-    assert loss.item() == pytest.approx(expected)
+    assert loss.item() == pytest.approx(expected)  # float64: default rel far above rounding
 
 
 def test_supcon_skips_samples_without_positives_and_returns_graph_zero() -> None:
@@ -196,12 +205,12 @@ def test_supcon_skips_samples_without_positives_and_returns_graph_zero() -> None
     labels = torch.tensor([0, 5])  # label 5 has no positive in the bank
     only_first = cluster_wise_supcon_loss(q[:1], labels[:1], bank, bank_labels)
     both = cluster_wise_supcon_loss(q, labels, bank, bank_labels)
-    assert both.item() == pytest.approx(only_first.item())
+    assert both.item() == pytest.approx(only_first.item())  # f64, 1 vs 2 rows: rounding only
     keep = torch.tensor([False, True])
     nothing = cluster_wise_supcon_loss(q, labels, bank, bank_labels, keep=keep)
-    assert nothing.item() == 0.0 and nothing.requires_grad
+    assert nothing.item() == 0.0 and nothing.requires_grad  # q.sum() * 0.0: exactly 0
     nothing.backward()
-    assert torch.equal(q.grad, torch.zeros_like(q))
+    assert torch.equal(q.grad, torch.zeros_like(q))  # d(q.sum() * 0.0)/dq = 0.0: exact
 
 
 def test_supcon_gradients_reach_q_only() -> None:
@@ -216,6 +225,7 @@ def test_prototype_confidence_hand_value() -> None:
     k = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
     centroids = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
     conf = prototype_confidence(k, centroids, torch.tensor([0, 1]), tau=1.0)
+    # float32 softmax of exact logits [1, 0]: exp, sum, divide: ~3 u32 (2e-7) < rel 1e-6
     assert conf.tolist() == pytest.approx([math.e / (math.e + 1), 1 / (math.e + 1)], rel=1e-6)
 
 
@@ -224,16 +234,16 @@ def test_prototype_confidence_hand_value() -> None:
 
 def test_self_entropy_one_hot_is_zero_and_uniform_is_log_k() -> None:
     one_hot = F.one_hot(torch.tensor([2, 0, 1, 2]), 4).to(DTYPE)
-    assert self_entropy_loss(one_hot).item() == 0.0
+    assert self_entropy_loss(one_hot).item() == 0.0  # 1 * log 1 and 0 * log(tiny): exactly 0
     uniform = torch.full((3, 7), 1 / 7, dtype=DTYPE)
-    assert self_entropy_loss(uniform).item() == pytest.approx(math.log(7))
+    assert self_entropy_loss(uniform).item() == pytest.approx(math.log(7))  # float64
 
 
 def test_self_entropy_hand_value_and_safe_gradient_at_zero() -> None:
     p = leaf(torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]], dtype=DTYPE))
     expected = (math.log(2) + entropy([0.2, 0.3, 0.5]) + 0.0) / 3
     loss = self_entropy_loss(p)
-    assert loss.item() == pytest.approx(expected)
+    assert loss.item() == pytest.approx(expected)  # float64: default rel far above rounding
     loss.backward()
     assert torch.isfinite(p.grad).all()
 
@@ -253,7 +263,7 @@ def test_cross_domain_self_entropy_matches_loop() -> None:
             rows = [softmax([cos(x, cj) / tau for cj in c]) for x in z]
             expected += sum(entropy(p) for p in rows) / len(z) / 4
     loss = cross_domain_self_entropy_loss(z_a, z_b, c_a, c_b, tau=tau)
-    assert loss.item() == pytest.approx(expected)
+    assert loss.item() == pytest.approx(expected)  # float64: default rel far above rounding
 
 
 def test_cross_domain_self_entropy_gradients() -> None:
@@ -273,6 +283,8 @@ def test_dod_hand_value() -> None:
     # |1 - 2| twice, |1 - 1| twice, |sqrt2 - sqrt5| twice, over K^2 = 9 pairs
     expected = (2 * 1.0 + 2 * (math.sqrt(5) - math.sqrt(2))) / 9
     loss = distance_of_distance_loss(c_a, c_b, matching=torch.arange(3))
+    # float32: squared distances exact, two sqrt roundings per |sqrt2 - sqrt5| term, a 9-term
+    # mean (gamma(8)): <= ~12 u32 = 7e-7 relative < rel 1e-6 (both asserts)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # matching reorders B: matching[i] is B's cluster for A's cluster i
     loss = distance_of_distance_loss(c_a, c_b[[2, 0, 1]], matching=torch.tensor([1, 2, 0]))
@@ -287,6 +299,8 @@ def test_dod_invariant_to_cluster_numbering(k: int) -> None:
     reference = distance_of_distance_loss(c_a, c_b, matching=torch.arange(k)).item()
     assert reference > 1e-3
     perm = torch.randperm(k, generator=g)
+    # float64; the float64 OT matching must find the identity (c_b is c_a plus 0.1 noise, the
+    # clusters ~1.4 apart: no near-tie). Default rel: far above reordering rounding (~1e-15)
     assert distance_of_distance_loss(c_a, c_b).item() == pytest.approx(reference)
     assert distance_of_distance_loss(c_a[perm], c_b).item() == pytest.approx(reference)
     assert distance_of_distance_loss(c_a, c_b[perm]).item() == pytest.approx(reference)
@@ -301,6 +315,8 @@ def test_dod_zero_for_permuted_rotated_copy(k: int) -> None:
     # any rotation, with the true matching given
     rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=DTYPE))
     c_b = (c_a @ rotation)[perm]
+    # float64: a rotation keeps the distances up to ~gamma(16, U64) ~ 1e-15: abs 1e-6 is far
+    # above (here and for the small rotation below)
     assert distance_of_distance_loss(c_a, c_b, matching=inverse).item() == pytest.approx(
         0.0, abs=1e-6
     )
@@ -344,7 +360,7 @@ def test_sample_dod_matches_loop() -> None:
     p_b = [softmax([cos(x, c) / tau for c in c_b]) for x in z]
 
     def cos_lists(u: list[float], v: list[float]) -> float:
-        return cos(torch.tensor(u), torch.tensor(v))
+        return cos(torch.tensor(u, dtype=DTYPE), torch.tensor(v, dtype=DTYPE))  # no f32 step
 
     expected = (
         sum(
@@ -352,15 +368,17 @@ def test_sample_dod_matches_loop() -> None:
             for i in range(4)
             for j in range(4)
         )
-        / 16
+        / 4  # summed over j, averaged over the B = 4 samples i (the official scale)
     )
     loss = sample_distance_of_distance_loss(z, c_a, c_b, tau=tau)
-    assert loss.item() == pytest.approx(expected)
+    assert loss.item() == pytest.approx(expected)  # float64: default rel far above rounding
 
 
 def test_sample_dod_zero_for_renumbered_prototypes_and_gradients() -> None:
     z, c_a = leaf(unit_rows(6, 4, 603)), leaf(unit_rows(3, 4, 604))
     renumbered = c_a.detach()[[2, 0, 1]]
+    # float64: p_b is p_a with its columns permuted, the M entries differ by reordered 3-term
+    # sums (~1e-16), their squared differences by ~1e-32: abs 1e-12 is far above
     assert sample_distance_of_distance_loss(z, c_a, renumbered, tau=0.1).item() == (
         pytest.approx(0.0, abs=1e-12)
     )

@@ -26,15 +26,19 @@ def test_momentum_update_is_an_exponential_moving_average():
     before_q, before_k = _params(q), _params(k)
     momentum_update(q, k, m=0.9)
     for pq, pk0, pk in zip(before_q, before_k, k.parameters(), strict=True):
+        # float32 m a + (1 - m) b, a few roundings (and maybe an FMA) on each side: they differ
+        # by <= 2 gamma(3) (0.9 |a| + 0.1 |b|) < 2e-7 (|weights| <= 0.5), under the float32
+        # default of assert_close (atol 1e-5, rtol 1.3e-6)
         torch.testing.assert_close(pk, 0.9 * pk0 + 0.1 * pq)
         assert not pk.requires_grad or pk.grad is None
     for pq0, pq in zip(before_q, q.parameters(), strict=True):  # the query is untouched
-        assert torch.equal(pq0, pq)
+        assert torch.equal(pq0, pq)  # never written to: bit-identical
 
 
 def test_momentum_update_limits_and_bad_m():
     q, k = nn.Linear(2, 2), nn.Linear(2, 2)
     k_before = _params(k)
+    # exact in IEEE arithmetic: k * 1 + 0 * q == k and k * 0 + 1 * q == q (finite values)
     momentum_update(q, k, m=1.0)
     assert all(torch.equal(a, b) for a, b in zip(k_before, k.parameters(), strict=True))
     momentum_update(q, k, m=0.0)
@@ -60,6 +64,8 @@ def test_encoder_output_is_l2_normalised_and_differentiable(arch, kwargs):
     x = torch.randn(3, 3, 32, 32, requires_grad=True)
     z = encoder(x)
     assert z.shape == (3, 16)
+    # float32 normalise then norm, d = 16: components err by gamma(d + 3) relative, the norm
+    # adds gamma(d) / 2 + u: ~1.7e-6, under assert_close's float32 default (atol 1e-5)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
     z[:, 0].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -96,6 +102,7 @@ def _small(width=4, seed=0):
 
 
 def _same_backbone(a: Encoder, b: Encoder) -> bool:
+    """Bit-identity: loading copies tensors, no arithmetic (also for the asserts below)."""
     sa, sb = a.backbone.state_dict(), b.backbone.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -109,14 +116,17 @@ def test_load_plain_and_wrapped_state_dicts(tmp_path, wrap):
         obj = source.backbone.state_dict()
     elif wrap == "state_dict":
         obj = {"state_dict": source.backbone.state_dict(), "epoch": 3}
-    else:  # a whole Encoder's state dict: backbone.* keys, head.* keys dropped
+    else:  # a whole Encoder's state dict: backbone.* keys, and head.* keys for the head
         obj = source.state_dict()
     path = tmp_path / "w.pt"
     torch.save(obj, path)
     load_backbone_weights(target, path)
     assert _same_backbone(source, target)
-    for key, value in target.head.state_dict().items():  # the head keeps its init
-        assert torch.equal(value, head_before[key])
+    # a bare backbone leaves the head at its init; an Encoder's head loads (as the official
+    # code loads MoCo v2's head)
+    head_after = source.head.state_dict() if wrap == "encoder" else head_before
+    for key, value in target.head.state_dict().items():
+        assert torch.equal(value, head_after[key])  # init kept or copied: bit-identical
 
 
 def test_load_moco_v2_format_into_resnet18(tmp_path):
@@ -128,15 +138,19 @@ def test_load_moco_v2_format_into_resnet18(tmp_path):
             continue
         state[f"module.encoder_q.{key}"] = value
         state[f"module.encoder_k.{key}"] = torch.zeros_like(value)
-    # MoCo v2's MLP head (fc.0, fc.2) and queue must be ignored.
+    # MoCo v2's queue must be ignored; its MLP head (fc.0, fc.2) loads into the head
     state["module.encoder_q.fc.0.weight"] = torch.randn(512, 512)
-    state["module.encoder_q.fc.2.weight"] = torch.randn(128, 512)
+    state["module.encoder_q.fc.0.bias"] = torch.randn(512)
+    state["module.encoder_q.fc.2.weight"] = torch.randn(16, 512)
+    state["module.encoder_q.fc.2.bias"] = torch.randn(16)
     state["module.queue"] = torch.randn(128, 10)
     state["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
     path = tmp_path / "moco_v2.pth.tar"
     torch.save({"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
 
     encoder = build_encoder("resnet18", feat_dim=16, weights=path)
+    # loaded weights are copies, no arithmetic: bit-identical (here and in the loop below)
+    assert torch.equal(encoder.head[2].weight, state["module.encoder_q.fc.2.weight"])
     loaded = encoder.backbone.state_dict()
     for key, value in resnet.state_dict().items():
         if not key.startswith("fc."):

@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 
 from ucdir_lite import plots
 
+from _tolerances import U64, gamma
+
 matplotlib.use("Agg")
 
 
@@ -51,7 +53,7 @@ def test_retrieval_gallery_axes_and_hit_borders(toy):
         for c in range(4):
             ax = fig.axes[r * 5 + 1 + c]
             color = plots.HIT if expected[r][c] else plots.MISS
-            assert ax.spines["top"].get_edgecolor() == to_rgba(color)
+            assert ax.spines["top"].get_edgecolor() == to_rgba(color)  # same to_rgba: exact
     assert "3/4 hits" in fig.axes[0].get_ylabel() and "cat" in fig.axes[0].get_ylabel()
     assert "2/4 hits" in fig.axes[5].get_ylabel()
 
@@ -60,7 +62,9 @@ def test_retrieval_gallery_shows_the_retrieved_images(toy):
     fig = plots.retrieval_gallery(**toy, query_indices=[1], k=2)
     assert len(fig.axes) == 3
     shown = fig.axes[1].images[0].get_array()
-    np.testing.assert_allclose(shown, toy["gallery_images"][4] / 255.0)  # g4 ranks first
+    # g4 ranks first (cos 10 deg vs cos 30 deg for g3: no near-tie); the image is the same
+    # float64 uint8 / 255 as the package's: exact, the default rtol=1e-7 is only slack
+    np.testing.assert_allclose(shown, toy["gallery_images"][4] / 255.0)
 
 
 def test_retrieval_gallery_rescales_normalised_images(toy):
@@ -98,12 +102,20 @@ def test_embedding_projection_pca_matches_svd():
     labels_a, labels_b = torch.arange(20) % 3, torch.arange(15) % 3
     fig = plots.embedding_projection(feats_a, feats_b, labels_a, labels_b, method="pca")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
-    z = torch.nn.functional.normalize(torch.cat([feats_a, feats_b]), dim=1).double()
+    # float64 from the float32 features on, as the package (normalising in float32 first
+    # would put ~gamma(8, U32) = 5e-7 into each coordinate, then more through the SVD)
+    z = torch.nn.functional.normalize(torch.cat([feats_a, feats_b]).double(), dim=1)
     z = z - z.mean(0)
     _, s, v = torch.linalg.svd(z, full_matrices=False)
+    # two float64 SVDs (numpy's, torch's) give coordinates within ~2 s0 ||E|| / gap each
+    # (Davis-Kahan, backward error ||E|| <= gamma(N D, U64) s0): check that is below atol, i.e.
+    # the first three singular values are apart
+    gap = min(s[0] - s[1], s[1] - s[2]).item()
+    assert 4 * gamma(z.numel(), U64) * s[0].item() ** 2 / gap < 1e-6
     reference = (z @ v[:2].T).numpy()
     shown = np.concatenate([c.get_offsets() for c in fig.axes[0].collections[:2]])
     for axis in range(2):  # principal components are defined up to sign
+        assert abs(reference[0, axis]) > 1e-6  # the sign is read off a value clear of 0
         sign = np.sign(shown[0, axis] * reference[0, axis])
         np.testing.assert_allclose(shown[:, axis], sign * reference[:, axis], atol=1e-6)
 
@@ -138,6 +150,7 @@ def test_heatmap_single_and_panels():
     m = np.arange(6.0).reshape(2, 3)
     fig = plots.heatmap(m, "cost", marks=[2, 0])
     assert len(fig.axes) == 2  # image + colour bar
+    # small integers stored as given: exact, the default rtol=1e-7 is only slack
     np.testing.assert_allclose(fig.axes[0].images[0].get_array(), m)
     np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), [[2, 0], [0, 1]])
     assert [t.get_text() for t in fig.axes[0].texts][:3] == ["0.00", "1.00", "2.00"]
@@ -180,6 +193,9 @@ def test_entropy_histogram_counts_known_entropies():
     ax = fig.axes[0]
     before = [p.get_height() for p in ax.containers[0]]
     after = [p.get_height() for p in ax.containers[1]]
+    # counts: float64 entropies of exact 0.25 and 0/1 entries: log 4 (+- ~1e-16) lies 0.1%
+    # below the top edge, 0 is exactly 0 (the included bottom edge); the line is drawn at the
+    # same math.log(k): exact
     assert before == [0, 0, 0, 5] and after == [3, 0, 0, 0]
     assert ax.lines[0].get_xdata()[0] == pytest.approx(math.log(k))
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -192,6 +208,8 @@ def test_entropy_histogram_zoom_and_log_counts():
     ax = fig.axes[0]
     h = -(0.9 * math.log(0.9) + 2 * 0.05 * math.log(0.05))
     assert ax.get_xlim()[1] < math.log(3) and not ax.lines  # zoomed: log K is off the axis
+    # p is float32 (0.9, 0.05 rounded): h moves by <= u32 sum p |log p + 1| ~ 1.0 u32, i.e.
+    # 2.6 u32 = 1.5e-7 relative; the rest is float64: under the default rel=1e-6
     assert ax.containers[0][-1].get_x() + ax.containers[0][-1].get_width() == pytest.approx(
         h * 1.001)
     assert ax.get_yscale() == "log"
@@ -231,6 +249,8 @@ def test_training_curves_panels_and_data():
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 3 + 1  # iw, cw, se, then P@K
     iw, cw = fig.axes[0].lines[0], fig.axes[1].lines[0]
+    # the plotted values are the history's own Python floats (5.0 - epoch, 1.0 / epoch,
+    # 10.0 * epoch): the same operations, exact; the default rtol=1e-7 is only slack
     np.testing.assert_allclose(iw.get_ydata(), [5, 4, 3, 2])
     np.testing.assert_allclose(cw.get_ydata(), [np.nan, np.nan, 0.5, 1 / 3])
     pk = fig.axes[3]
@@ -259,6 +279,7 @@ def test_precision_bars_heights():
     fig = plots.precision_bars(reports, reference=10.0)
     assert len(fig.axes) == 1
     ax = fig.axes[0]
+    # bars from 0: their heights are the report's floats, unchanged: exact
     assert [b.get_height() for b in ax.containers[0]] == [40.0, 55.0]
     assert [b.get_height() for b in ax.containers[1]] == [30.0, 50.0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["IW", "Full"]
@@ -281,6 +302,7 @@ def test_cluster_montage_rows_purity_and_borders():
     assert fig.axes[0].get_ylabel() == "cluster 0\n4 images\n75% 5"  # the largest first
     assert fig.axes[4].get_ylabel() == "cluster 1\n2 images\n100% 7"
     colors = [fig.axes[c].spines["left"].get_edgecolor() for c in range(4)]
+    # same to_rgba of the same colours: exact
     assert colors == [to_rgba(plots.HIT)] * 2 + [to_rgba(plots.MISS), to_rgba(plots.HIT)]
     assert not fig.axes[6].axison  # cluster 1 has only two members
     fig = plots.cluster_montage(images, clusters, clusters=[2], n_per_cluster=3)

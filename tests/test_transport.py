@@ -4,8 +4,11 @@ import numpy as np
 import ot
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from ucdir_lite.transport import match_clusters, sinkhorn
+
+from _tolerances import gamma, sq_distance_error
 
 
 def _problem(n, m, seed, uniform_b=False):
@@ -20,6 +23,18 @@ def _problem(n, m, seed, uniform_b=False):
     return a / a.sum(), b / b.sum(), C
 
 
+def _assignment_margin(plan):
+    """Plan mass of the best one-to-one matching minus that of the second best."""
+    rows, cols = linear_sum_assignment(-plan)
+    best, second = plan[rows, cols].sum(), -np.inf
+    for i, j in zip(rows, cols, strict=True):  # any other matching avoids one of these pairs
+        banned = plan.copy()
+        banned[i, j] = -1.0  # below any plan mass: never chosen
+        r, c = linear_sum_assignment(-banned)
+        second = max(second, banned[r, c].sum())
+    return best - second
+
+
 @pytest.mark.parametrize("k", [5, 30, 65])
 @pytest.mark.parametrize("epsilon", [1e-2, 5e-2, 0.5])
 def test_sinkhorn_matches_pot(k, epsilon):
@@ -30,9 +45,14 @@ def test_sinkhorn_matches_pot(k, epsilon):
     )
     ref_plain = ot.sinkhorn(a.numpy(), b.numpy(), C.numpy(), epsilon, stopThr=1e-9)
     assert plan.dtype == torch.float64
+    # POT runs the same iterations and stopping rule (n_iter checked below), so the plans
+    # differ by float64 rounding only: each update is 1-Lipschitz in the max norm, so at most
+    # ~2 n_iter gamma(k, U64) max|C / eps + u + v| ~ 1e-9, far below 1e-6 (both references)
     assert np.abs(plan.numpy() - ref_log).max() < 1e-6
     assert np.abs(plan.numpy() - ref_plain).max() < 1e-6
     assert log["n_iter"] == ref_log_info["niter"] + 1  # POT counts from 0
+    # rows: exact after the u update (float64 rounding); columns: the stopping criterion
+    # ||plan^T 1 - b|| < tol = 1e-9 (iteration, not rounding); atol 1e-6 is above both
     assert torch.allclose(plan.sum(1), a, rtol=0, atol=1e-6)
     assert torch.allclose(plan.sum(0), b, rtol=0, atol=1e-6)
     assert log["err"] < 1e-9
@@ -43,6 +63,9 @@ def test_sinkhorn_rectangular_and_float32():
     plan = sinkhorn(a.float(), b.float(), C.float(), 0.1, tol=1e-6)  # 1e-9 is below float32
     ref = ot.sinkhorn(a.numpy(), b.numpy(), C.numpy(), 0.1, method="sinkhorn_log")
     assert plan.shape == (5, 9) and plan.dtype == torch.float32
+    # the float32 run stops at a column error of tol = 1e-6: the tolerance is that stopping
+    # criterion, not rounding (float32 rounding, a few u32 * max|C / 0.1| ~ 1e-6 relative on
+    # entries < 1, is no larger; the gap is ~4e-8 here)
     assert np.abs(plan.double().numpy() - ref).max() < 1e-6
 
 
@@ -51,8 +74,11 @@ def test_sinkhorn_small_epsilon_is_stable_and_near_exact_ot():
     a, b, C = _problem(20, 20, seed=3)
     plan = sinkhorn(a, b, C, 1e-3, max_iter=20000)
     assert torch.isfinite(plan).all()
-    assert torch.allclose(plan.sum(0), b, atol=1e-6)
+    # converged at the stopping criterion (column error < tol = 1e-9, well before max_iter):
+    # atol 1e-6 is above it; rtol=0, as a relative slack has no source here
+    assert torch.allclose(plan.sum(0), b, rtol=0, atol=1e-6)
     exact = ot.emd2(a.numpy(), b.numpy(), C.numpy())
+    # the entropic bias, not rounding (float64, ~1e-15): the gap is ~3e-6 here, 1% the claim
     assert abs(float((plan * C).sum()) - exact) < 0.01 * exact
 
 
@@ -61,7 +87,9 @@ def test_sinkhorn_potentials_reproduce_plan():
     eps = 0.2
     plan, log = sinkhorn(a, b, C, eps, return_log=True)
     rebuilt = torch.exp((log["f"][:, None] + log["g"][None, :] - C) / eps)
-    assert torch.allclose(plan, rebuilt, atol=1e-12)
+    # the same exponent, rearranged in float64: it differs by a few u64 * max|C/eps + u + v|
+    # (~1e-14), so the entries (< 1) by less: atol 1e-12, and no default rtol=1e-5 on top
+    assert torch.allclose(plan, rebuilt, rtol=0, atol=1e-12)
 
 
 def test_sinkhorn_gradient():
@@ -106,14 +134,23 @@ def test_match_clusters_recovers_planted_permutation(k):
     centroids_a = torch.nn.functional.normalize(torch.randn(k, 32, generator=g), dim=1)
     perm = torch.randperm(k, generator=g)
     centroids_b = centroids_a[perm] + 0.02 * torch.randn(k, 32, generator=g)
+    # precondition: each A centroid's planted partner is its nearest B centroid by a margin
+    # far wider than the float error of the squared distances: no near-tie in the matching
+    partner = torch.argsort(perm)[:, None]  # B[partner[i]] is A[i] plus noise
+    d2 = torch.cdist(centroids_a.double(), centroids_b.double()).square()
+    gap = d2.scatter(1, partner, float("inf")).min(1).values - d2.gather(1, partner)[:, 0]
+    assert gap.min() > 2 * sq_distance_error(centroids_a, centroids_b).max()
     matched, plan = match_clusters(centroids_a, centroids_b, return_plan=True)
     assert matched.dtype == torch.long and matched.shape == (k,)
     assert torch.equal(torch.sort(matched).values, torch.arange(k))  # one-to-one
     assert torch.equal(perm[matched], torch.arange(k))  # B[matched[i]] is A[i]
     # Rows are exact after each update; near a permutation Sinkhorn converges slowly
     # (contraction ~ 1 - exp(-1/epsilon)), so the column marginal is looser after 1000 steps.
-    assert torch.allclose(plan.sum(1), torch.full((k,), 1 / k), atol=1e-9)
-    assert torch.allclose(plan.sum(0), torch.full((k,), 1 / k), atol=1e-4)
+    # The plan comes back in float32: k entries rounded (u32 each) and summed in float32, vs
+    # 1/k rounded, err by <= gamma(k + 1) * sum = gamma(k + 1) / k; the float64 row error
+    # (~1e-16) is negligible. The column bound is the unconverged iteration, not rounding.
+    assert torch.allclose(plan.sum(1), torch.full((k,), 1 / k), rtol=0, atol=gamma(k + 1) / k)
+    assert torch.allclose(plan.sum(0), torch.full((k,), 1 / k), rtol=0, atol=1e-4)
 
 
 def test_match_clusters_scale_free_and_no_grad():
@@ -122,6 +159,14 @@ def test_match_clusters_scale_free_and_no_grad():
     centroids_b = torch.randn(10, 8, generator=g)
     matched = match_clusters(centroids_a, centroids_b)
     assert not matched.requires_grad
+    # 100 * x rounds in float32, so the two float64 plans differ by some delta; a matching's
+    # total moves by <= k delta, so the matchings agree unless the best is within 2 k delta
+    # of the second best (a near-tie): check it is not
+    _, plan = match_clusters(centroids_a.double(), centroids_b.double(), return_plan=True)
+    scaled = (100 * centroids_a).double(), (100 * centroids_b).double()
+    _, plan_100 = match_clusters(*scaled, return_plan=True)
+    delta = (plan - plan_100).abs().max().item()
+    assert _assignment_margin(plan.numpy()) > 2 * 10 * delta
     assert torch.equal(matched, match_clusters(100 * centroids_a, 100 * centroids_b))
 
 
