@@ -217,15 +217,15 @@ def test_moco_v2_head_of_other_shapes_is_a_clear_error(tmp_path):
 
 
 def test_split_bn_normalises_each_group_with_its_own_statistics():
-    # one channel, 4 samples: group 0 (samples 0, 2) holds 0 and 2, group 1 (1, 3) 10 and 12
-    x = torch.tensor([0.0, 10.0, 2.0, 12.0]).view(4, 1, 1, 1)
+    # one channel, 4 samples: group 0 (samples 0, 1) holds 0 and 2, group 1 (2, 3) 10 and 12
+    x = torch.tensor([0.0, 2.0, 10.0, 12.0]).view(4, 1, 1, 1)
     eps = 1e-12  # (x - mean) / sqrt(var + eps): within float32 rounding of eps = 0
     bn = SplitBatchNorm(1, num_splits=2, eps=eps)
     y = bn(x).flatten()
     # each group: mean 1 (or 11), biased variance 1 -> -1, +1
-    assert torch.allclose(y, torch.tensor([-1.0, -1.0, 1.0, 1.0]), rtol=0, atol=1e-6)
+    assert torch.allclose(y, torch.tensor([-1.0, 1.0, -1.0, 1.0]), rtol=0, atol=1e-6)
     plain = torch.nn.BatchNorm2d(1, eps=eps)(x).flatten()  # mean 6, variance 26
-    assert torch.allclose(plain, (torch.tensor([0.0, 10.0, 2.0, 12.0]) - 6) / math.sqrt(26))
+    assert torch.allclose(plain, (torch.tensor([0.0, 2.0, 10.0, 12.0]) - 6) / math.sqrt(26))
     assert (plain - y).abs().max() > 0.5
     # running statistics: momentum 0.1 towards each group's, then averaged over the groups
     assert bn.running_mean.item() == pytest.approx(0.1 * (1 + 11) / 2)

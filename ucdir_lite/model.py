@@ -263,15 +263,16 @@ def _load_head(model: Encoder, head: dict[str, torch.Tensor], path: Path) -> Non
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d that, in training, normalises ``num_splits`` groups of the batch separately
-    (sample n in group ``n % num_splits``), as if each group sat on its own GPU.
+    """BatchNorm2d that, in training, normalises ``num_splits`` equal, consecutive groups of
+    the batch separately, as if each group sat on its own GPU.
 
     MoCo's key encoder uses such per-GPU batch statistics, with the batch shuffled before the
     split, so that a query and its key are never normalised with the same statistics (which
     would let the encoder "cheat" through BN; He et al., CVPR 2020, §3.3 "Shuffling BN"). The
-    official UCDIR code does this on one GPU with two splits. Each group's statistics update
-    the running mean and variance, which are then averaged over the groups; in eval mode this
-    is a plain BatchNorm2d with those running statistics.
+    official UCDIR code does this on one GPU with two splits of the shuffled key batch (see
+    ``train.shuffled_keys``): each group is then a random subset. Each group's statistics
+    update the running mean and variance, which are then averaged over the groups; in eval
+    mode this is a plain BatchNorm2d with those running statistics.
     """
 
     def __init__(self, num_features: int, num_splits: int = 2, **kwargs) -> None:
@@ -284,16 +285,18 @@ class SplitBatchNorm(nn.BatchNorm2d):
         s = self.num_splits
         if not self.training or s == 1:
             return super().forward(x)
-        n, c, h, w = x.shape
-        if n % s:
-            raise ValueError(f"a batch of {n} cannot be split into {s} equal BN groups")
-        # (n, c) -> (n / s, s * c): channel block g of the reshaped batch holds group g
-        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
-        y = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, self.weight.repeat(s),
-                         self.bias.repeat(s), True, self.momentum, self.eps)
-        self.running_mean.copy_(mean.view(s, c).mean(0))
-        self.running_var.copy_(var.view(s, c).mean(0))
-        return y.reshape(n, c, h, w)
+        if x.shape[0] % s:
+            raise ValueError(f"a batch of {x.shape[0]} cannot be split into {s} equal BN groups")
+        outs, means, variances = [], [], []
+        for group in x.chunk(s):  # consecutive rows: each group keeps x's memory format
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            outs.append(F.batch_norm(group, mean, var, self.weight, self.bias, True,
+                                     self.momentum, self.eps))
+            means.append(mean)
+            variances.append(var)
+        self.running_mean.copy_(torch.stack(means).mean(0))
+        self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(outs)
 
 
 def split_batch_norm(module: nn.Module, num_splits: int = 2) -> nn.Module:
