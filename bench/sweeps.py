@@ -2,13 +2,14 @@
 ablation pairs, through the ablation runner and its run cache (warm-ups are shared).
 
 - L_DD weight (sample-level, official scale): the arm "Full (official DoD)" with
-  ``dd_weight`` in 0.1, 0.5, 1, 2; weight 0 is the arm "CW+SE".
+  ``dd_weight`` in 0.1, 0.3, 0.5, 1, 2; weight 0 is the arm "CW+SE".
 - self-entropy temperature: the arm "CW+SE" with ``se_tau`` in 0.01, 0.05, 0.1.
 
 Prints, per pair and setting, P@50 mean ± sd over seeds in both directions, and the paired
 per-seed difference against the sweep's reference (weight 0 / the preset's temperature) with
-the verdict of the rule: a gain (loss) when the difference is positive (negative) in every seed
-and its mean exceeds its standard error; otherwise "no measurable effect". Writes a figure.
+the verdict of ``ucdir_lite.ablation.paired_verdict`` (its ``RULE``: a gain (loss) when the
+difference is positive (negative) in every seed and its mean exceeds twice its standard error;
+otherwise "no measurable effect"). Writes a figure.
 
     .venv/bin/python bench/sweeps.py --out results/sweeps        # cold: ~25 min on 2 cores
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -25,24 +25,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, print_table
 
-from ucdir_lite.ablation import DEFAULT_PAIRS, DEFAULT_SEEDS, pair_name, run_ablation
+from ucdir_lite.ablation import (
+    DEFAULT_PAIRS,
+    DEFAULT_SEEDS,
+    pair_name,
+    paired_verdict,
+    run_ablation,
+)
 from ucdir_lite.config import get_preset
 
-DD_WEIGHTS = (0.0, 0.1, 0.5, 1.0, 2.0)
+DD_WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0)  # 0.3: the cpu preset's
 SE_TAUS = (0.01, 0.05, 0.1)
 METRIC = "P@50"
-
-
-def verdict(diffs: list[float]) -> str:
-    """The rule of the book: a gain (loss) if every paired difference is positive (negative)
-    and |mean| exceeds its standard error; else no measurable effect."""
-    mean = statistics.fmean(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
-    if all(d > 0 for d in diffs) and mean > se:
-        return "gain"
-    if all(d < 0 for d in diffs) and -mean > se:
-        return "loss"
-    return "no measurable effect"
 
 
 def _runs(arm: str, overrides: dict, pairs, seeds, jobs: int) -> dict:
@@ -78,7 +72,7 @@ def print_rows(rows: list[dict], label: str) -> None:
             mean, sd = r[direction]
             diffs = r[direction + " diff"]
             cells += [f"{mean:.1f} ± {sd:.1f}",
-                      f"{statistics.fmean(diffs):+.1f} ({verdict(diffs)})" if any(diffs)
+                      f"{statistics.fmean(diffs):+.1f} ({paired_verdict(diffs)})" if any(diffs)
                       else "reference"]
         table.append(cells)
     print_table(["pair", label, f"A→B {METRIC}", "A→B paired diff", f"B→A {METRIC}",

@@ -266,7 +266,8 @@ def test_table_shows_mean_and_sample_sd_over_seeds():
     one_seed = _fake_results({"IW": [40.0]})
     assert "| IW | 40.0 | 41.0 |" in ab.ablation_table(one_seed)  # no sd from one seed
     gains = ab.gain_table(results)
-    assert "| Full | 8.0 ± 2.8 | 8.0 ± 2.8 |" in gains and "| IW |" not in gains
+    # paired gains 10 and 6: mean 8 > 2 se (2 x 2.0), up in both seeds
+    assert "| Full | 8.0 ± 2.8 (gain) | 8.0 ± 2.8 (gain) |" in gains and "| IW |" not in gains
     fig = ab.plot_ablation(results)
     assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 2 * len(ab.DIRECTIONS)
 
@@ -284,3 +285,14 @@ def test_bad_arguments_are_clear_errors(env):
         ab.train_cached(get_preset("smoke"), env / "cache", init_from=env / "nowhere")
     with pytest.raises(FileNotFoundError, match="ablate"):
         ab.load_results(env / "nowhere")
+
+
+def test_paired_verdict_follows_the_stated_rule():
+    assert ab.paired_verdict([1.0, 2.0, 3.0]) == "gain"  # mean 2, se 0.58
+    assert ab.paired_verdict([-0.5, -0.4, -0.6]) == "loss"
+    assert ab.paired_verdict([3.0, 2.0, -0.1]) == "no measurable effect"  # one seed down
+    # up in every seed, but one seed carries the mean: 1.07 < 2 x se (2 x 0.97)
+    assert ab.paired_verdict([0.1, 0.1, 3.0]) == "no measurable effect"
+    assert ab.paired_verdict([-0.1, -0.1, -3.0]) == "no measurable effect"
+    assert ab.paired_verdict([5.0]) == "no measurable effect"  # one seed: no spread
+    assert "every seed" in ab.RULE and "twice its standard error" in ab.RULE

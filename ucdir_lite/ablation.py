@@ -576,11 +576,35 @@ def ablation_table(results: dict[str, Any], ks: Sequence[int] | None = None,
     return "\n".join(lines)
 
 
+RULE = ("a step is a **gain** (a **loss**) when its paired per-seed difference is positive "
+        "(negative) in every seed and its mean exceeds twice its standard error; anything "
+        "else is **no measurable effect**")
+"""The book's rule for calling one arm better than another (``paired_verdict``). Twice, not
+once: for differences of one sign the mean always exceeds one standard error, so that test
+alone would add nothing; twice rejects a mean that one seed carries."""
+
+
+def paired_verdict(diffs: Sequence[float]) -> str:
+    """``"gain"``, ``"loss"`` or ``"no measurable effect"`` for the paired per-seed
+    differences ``diffs`` (arm minus reference, one per seed), by ``RULE``: every difference
+    of one sign and ``|mean| > 2 sd / sqrt(n)``. A single seed is never enough (no spread)."""
+    if len(diffs) < 2:
+        return "no measurable effect"
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if all(d > 0 for d in diffs) and mean > 2 * se:
+        return "gain"
+    if all(d < 0 for d in diffs) and -mean > 2 * se:
+        return "loss"
+    return "no measurable effect"
+
+
 def gain_table(results: dict[str, Any], k: int | None = None, baseline: str = "IW",
                directions: Sequence[str] = ("A->B", "B->A")) -> str:
     """A Markdown table of each arm's gain in P@k over ``baseline``, paired by seed (the arms
     of one seed share its warm-up, so the paired differences vary far less than the P@k):
-    rows = arms, columns = pair and direction, cells = mean ± sd over the seeds."""
+    rows = arms, columns = pair and direction, cells = mean ± sd over the seeds and the
+    verdict of ``paired_verdict`` (``RULE``)."""
     k = k if k is not None else _ks(results)[0]
     metric = f"P@{k}"
     header, cells = [], {arm: [] for arm in results["arms"] if arm != baseline}
@@ -594,8 +618,10 @@ def gain_table(results: dict[str, Any], k: int | None = None, baseline: str = "I
             for arm in cells:
                 gains = [r["metrics"][direction][metric] - base[r["seed"]]
                          for r in results["rows"] if r["pair"] == pair and r["arm"] == arm]
-                cells[arm].append(_cell(*_mean_sd(gains)) if gains else "")
-    lines = [f"Gain in {metric} over {baseline}, paired by seed (mean ± sd)", "",
+                cells[arm].append(f"{_cell(*_mean_sd(gains))} ({paired_verdict(gains)})"
+                                  if gains else "")
+    lines = [f"Gain in {metric} over {baseline}, paired by seed (mean ± sd; verdict: {RULE})",
+             "",
              "| arm | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     lines += [f"| {arm} | " + " | ".join(row) + " |" for arm, row in cells.items()]
     return "\n".join(lines) + "\n"
