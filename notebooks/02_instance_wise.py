@@ -74,15 +74,17 @@ print(f"domains A -> B: {cfg.domains[0]} -> {cfg.domains[1]}; {cfg.num_classes} 
 # the key encoder $f_{\theta_k}$, maps the second to $k_b$. All features are L2-normalised,
 # so $q\cdot k$ is the cosine similarity. The loss asks $q_b$ to pick $k_b$ out of the keys
 # of every other image of the same domain, kept in a **memory bank** $m_1, \dots, m_N$ with
-# one slot per image (spec §1, MoCo {cite}`he2020moco`):
+# one slot per image (UCDIR {cite}`hu2022ucdir` takes it from MoCo {cite}`he2020moco`):
 #
 # $$\mathcal{L}_{IW} = -\frac{1}{B}\sum_{b=1}^{B}\log
 # \frac{\exp(q_b\cdot k_b/\tau)}{\exp(q_b\cdot k_b/\tau) + \sum_{n\ne i_b}\exp(q_b\cdot m_n/\tau)}$$
 #
-# where $i_b$ is the bank slot of image $b$ (it holds an older key of the same image, so it
-# is not a negative) and $\tau$ is the temperature (`cfg.tau_iw`). It is a cross-entropy over
-# $N$ candidates with the positive at position 0. The loss is computed within each domain and
-# averaged over the two; nothing in it connects $A$ to $B$.
+# where $i_b$ is the bank slot of image $b$ and $\tau$ is the temperature (`cfg.tau_iw`). As in
+# the official code, the trainer writes the batch's keys into their slots *before* computing
+# the loss, so slot $i_b$ holds $k_b$ itself (it is the positive, not a negative) and the
+# negatives include the current keys of the other images of the batch. It is a cross-entropy
+# over $N$ candidates with the positive at position 0. The loss is computed within each
+# domain and averaged over the two; nothing in it connects $A$ to $B$.
 #
 # This is the function the trainer calls:
 
@@ -111,10 +113,10 @@ for tau in (1.0, 0.2, 0.07):
 # %% [markdown]
 # ## The momentum encoder and the memory bank
 #
-# The bank holds keys computed at earlier steps. If the key encoder were the query encoder
-# itself, those keys would come from many different versions of the network and the
-# negatives would be inconsistent. MoCo's remedy is an encoder whose weights are an
-# exponential moving average of the query encoder's,
+# Apart from the batch's own keys, the bank holds keys computed at earlier steps. If the key
+# encoder were the query encoder itself, those keys would come from many different versions
+# of the network and the negatives would be inconsistent. MoCo's remedy is an encoder whose
+# weights are an exponential moving average of the query encoder's,
 #
 # $$\theta_k \leftarrow m\,\theta_k + (1-m)\,\theta,$$
 #
@@ -126,12 +128,27 @@ for tau in (1.0, 0.2, 0.07):
 display(Code(inspect.getsource(model.momentum_update), language="python"))
 
 # %% [markdown]
-# One training step, inside `ucdir_lite.train`, does all of it: the two views of a batch of
-# each domain go through the two encoders, the loss terms of the epoch are summed with their
-# weights (here only $\mathcal{L}_{IW}$), the query encoder takes an optimiser step, the key
-# encoder follows it by `momentum_update`, and the bank slots of the batch receive its new
-# keys. Before the first step, the bank is filled by one pass of the key encoder over each
-# domain.
+# The key encoder has one more detail from MoCo, *shuffling batch norm*: its batch-norm
+# layers (`ucdir_lite.model.SplitBatchNorm`, `cfg.key_bn_splits` groups) normalise separate
+# groups of the key batch, as if each sat on its own GPU, and the batch is shuffled before the
+# pass and put back in order after it (`ucdir_lite.train.shuffled_keys`). A query and its key
+# are then never normalised with the same batch statistics, which would let the encoder find
+# its positive through them instead of through the image {cite}`he2020moco`. In eval mode,
+# which is how the key encoder is evaluated, these layers are plain batch norm.
+
+# %%
+print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled key batch "
+      f"(key_bn_splits = {cfg.key_bn_splits}; 1 is plain batch norm)")
+display(Code(inspect.getsource(train.shuffled_keys), language="python"))
+
+# %% [markdown]
+# One training step, inside `ucdir_lite.train`, does all of it, in the order of the official
+# code: the first views of a batch of each domain go through the query encoder and the second
+# views through the key encoder (`shuffled_keys`); the keys are written into the batch's bank
+# slots; then the loss terms of the epoch are computed against that bank and summed with their
+# weights (here only $\mathcal{L}_{IW}$), the query encoder takes an optimiser step, and the
+# key encoder follows it by `momentum_update`. Before the first step, the bank is filled by
+# one pass of the key encoder over each domain.
 
 # %%
 source = inspect.getsource(train._train_epoch)
@@ -235,6 +252,9 @@ print(f"{'':>10} {a + '->' + b:>16} {b + '->' + a:>16} {a + '->' + a:>16} {b + '
 for name, report in reports.items():
     cells = [report[d][f"P@{k}"] for d in ("A->B", "B->A", "A->A", "B->B")]
     print(f"{name:>10} " + " ".join(f"{v:16.1f}" for v in cells))
+for d in ("A->B", "B->A"):
+    lift = reports["IW"][d][f"P@{k}"] - reports["untrained"][d][f"P@{k}"]
+    print(f"IW minus untrained, {d}: {lift:+.1f} points of P@{k}")
 
 # %%
 display(plots.precision_bars(reports, f"P@{k}", directions=("A->B", "B->A", "A->A", "B->B"),
@@ -248,12 +268,13 @@ for own, cross, x, y in (("A->A", "A->B", a, b), ("B->B", "B->A", b, a)):
           f"(in-domain minus cross-domain: {gap[own] - gap[cross]:+.1f})")
 
 # %% [markdown]
-# Training without a single label lifts the precision far above the untrained encoder and
-# chance. The in-domain columns are the reference for the cross-domain ones: nothing in
-# $\mathcal{L}_{IW}$ asks a sketch to land near the clip art of its class, since each domain is
-# trained against its own bank, so whatever separates the two domains in feature space, the
-# **domain gap**, is left as it is. The differences printed above measure it in P@K; the
-# projections at the end of this notebook show it. The rest of the book is about closing it.
+# The last two lines say what training without a single label has bought over the untrained
+# encoder, and the table how far each row stands from chance. The in-domain columns are the
+# reference for the cross-domain ones: nothing in $\mathcal{L}_{IW}$ asks a sketch to land
+# near the clip art of its class, since each domain is trained against its own bank, so
+# whatever separates the two domains in feature space, the **domain gap**, is left as it is.
+# The differences printed above measure it in P@K; the projections at the end of this notebook
+# show it. The rest of the book is about closing it.
 #
 # ## Looking at the retrievals
 #
@@ -289,8 +310,8 @@ display(plots.embedding_projection(
     class_names=classes, max_points=600, title="IW features (t-SNE)"))
 
 # %% [markdown]
-# Compare the two left panels. An untrained encoder responds to style (a flat colour fill
-# versus pencil strokes on paper), so each domain tends to occupy its own region. Instance
+# Compare the two left panels. An encoder that responds to style (a flat colour fill versus
+# pencil strokes on paper) puts each domain in its own region. Instance
 # discrimination had to ignore colour, scale and position to match two views of an image;
 # how much of the separation by domain survives it is what the second projection shows, and
 # the right panels show which classes come together across the domains.

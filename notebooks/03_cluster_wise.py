@@ -18,16 +18,19 @@
 #
 # **Learning goals.** After this notebook you can
 #
-# - cluster a domain's memory bank with k-means, as the trainer does at every epoch after
-#   the warm-up, and judge the clusters (prototypes) by their purity;
-# - compute the soft assignments $p_{ij}$ and the soft centroids of spec §2, and read
-#   `ucdir_lite.clustering.soft_assign` and `soft_centroids`;
-# - write the cluster-wise contrastive loss $\mathcal{L}_{CW}$ and read
-#   `ucdir_lite.losses.cluster_wise_loss`;
+# - cluster each domain's features with k-means, as the trainer does at every epoch after
+#   the warm-up (on fresh features of every image, as the official code), and judge the
+#   clusters (prototypes) by their purity;
+# - compute the soft assignments $p_{ij}$ and the soft centroids that notebook 5 uses, and
+#   read `ucdir_lite.clustering.soft_assign` and `soft_centroids`;
+# - write the paper's cluster-wise contrastive loss $\mathcal{L}_{CW}$
+#   (`ucdir_lite.losses.cluster_wise_loss`) and read the form the `cpu` preset trains, the
+#   official code's supervised contrastive loss over the memory bank
+#   (`ucdir_lite.losses.cluster_wise_supcon_loss`) with its confidence filter;
 # - train the `CW` row of the ablation from the shared warm-up and compare it with the
 #   `IW` baseline of notebook 2: purity, features and precision at $K$.
 #
-# It trains for about a minute on a CPU (the warm-up and the `IW` row come from the run cache
+# It trains for a few minutes on a CPU (the warm-up and the `IW` row come from the run cache
 # when notebook 2 has run). With `UCDIR_SMOKE=1` it trains a tiny model through the same code.
 
 # %%
@@ -53,6 +56,7 @@ from IPython.display import Code, display
 from ucdir_lite import clustering, datasets, losses, plots, train
 from ucdir_lite.ablation import ARMS, WARMUP, arm_config, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.diagnostics import purity
 from ucdir_lite.utils import resolve_device
 
 device = resolve_device()  # cuda when present, else cpu
@@ -67,70 +71,88 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}
 # $\mathcal{L}_{IW}$ treats every image as its own class: two sketches of the same glyph are
 # negatives of each other. The cluster-wise loss uses the structure the warm-up has found
 # instead. It needs, per domain, $K$ groups of images that (we hope) share a class, found
-# without labels: the k-means clusters of the memory bank.
+# without labels: the k-means clusters of the key encoder's features.
 #
 # Let us start where the cluster losses start, from the shared warm-up of notebook 2 (from
-# the run cache; trained now if notebook 2 has not run).
+# the run cache; trained now if notebook 2 has not run), and compute what the trainer
+# clusters at the first epoch after it: the features of every image, without augmentation,
+# from the key encoder in eval mode (`run.encoder`), in bank order.
 
 # %%
 start = time.perf_counter()
 warm = train_arm(cfg, WARMUP, progress=False)
 print(f"warm-up ({cfg.warmup_epochs} epochs): ready in {time.perf_counter() - start:.0f} s")
-banks = train.load_checkpoint(warm.out_dir)["banks"]  # one key feature per image and domain
+data = train.build_data(cfg)  # each domain's images in bank order, as the trainer holds them
+
+
+def fresh_features(run):
+    """Each domain's eval-mode key features of every image, in bank order (as the trainer)."""
+    return [train.extract_features(run.encoder, d.eval_data, device)[0] for d in data]
+
+
+features = fresh_features(warm)
 dataset_a, dataset_b = warm.datasets
 labels = (dataset_a.labels, dataset_b.labels)  # for evaluation only: training never sees them
 classes = dataset_a.classes
-print(f"memory banks: {a} {tuple(banks[0].shape)}, {b} {tuple(banks[1].shape)}")
+print(f"fresh features: {a} {tuple(features[0].shape)}, {b} {tuple(features[1].shape)}")
 
 # %% [markdown]
-# ## k-means on the memory bank
+# ## k-means on fresh features
 #
-# At the start of every epoch after the warm-up, the trainer runs k-means on each domain's
-# bank (seeded from the run's seed and the epoch) and keeps the L2-normalised centroids as
-# that epoch's **prototypes** $c_1, \dots, c_K$, with $K$ = `cfg.num_clusters`. The paper
-# sets $K$ to the number of categories; here too. This is the trainer's function:
+# At the start of every epoch after the warm-up, the official code passes every image of
+# each domain through the key encoder in eval mode and runs k-means on these features; the
+# trainer does the same when `cluster_on="features"` (the default). The L2-normalised
+# centroids are that epoch's **prototypes** $c_1, \dots, c_K$, with $K$ = `cfg.num_clusters`,
+# and the k-means label of an image is its **pseudo-label** for the epoch. The cheaper
+# alternative, `cluster_on="bank"`, clusters the memory bank instead: no extra pass over the
+# data, but the bank holds keys of *augmented* views, written during the previous epoch by
+# key encoders of different ages. This is the part of the trainer's epoch that picks the
+# points, and the function that clusters them (k-means seeded from the run's seed, the epoch
+# and the domain):
 
 # %%
-display(Code(inspect.getsource(train.cluster_banks), language="python"))
+source = inspect.getsource(train._train_epoch)
+display(Code(source[source.index("    clusters = None"):source.index("    sums:")],
+             language="python"))
+display(Code(inspect.getsource(train.cluster_features), language="python"))
 
 # %% [markdown]
-# We call it exactly as the first cluster epoch of the `CW` row does, on the warm-up's banks.
-# How good are the clusters? Labels may be used to *judge* them: a cluster's **purity** is
-# the share of its images that have its most frequent class, and the purity of a clustering
-# is the share of all images that have their cluster's majority class (100 % when every
-# cluster is one class; about $100/K$ % for random clusters of a balanced set).
+# The paper sets $K$ to the number of categories; the presets print theirs below. We call
+# the function exactly as the first cluster epoch of the `CW` row does. How good are the
+# clusters? Labels may be used to *judge* them: a cluster's **purity** is the share of its
+# images that have its most frequent class, and the purity of a clustering is the share of
+# all images that have their cluster's majority class (`ucdir_lite.diagnostics.purity`): 100 %
+# when every cluster is one class; for random clusters of a balanced set of $C$ classes, a
+# little over $100/C$ % (more, the smaller the clusters: more clusters than classes make
+# purity easier to reach).
 
 # %%
 cw_cfg = arm_config(cfg, "CW")
-clusters = train.cluster_banks(cw_cfg, banks, epoch=cfg.warmup_epochs, match=False)
-
-
-def purity(cluster_labels, class_labels):
-    """Percentage of images whose cluster's most frequent class is their own class."""
-    counts = torch.zeros(int(cluster_labels.max()) + 1, int(class_labels.max()) + 1)
-    counts.index_put_((cluster_labels.cpu(), class_labels.cpu()),
-                      torch.ones(len(cluster_labels)), accumulate=True)
-    return 100 * counts.max(dim=1).values.sum().item() / len(cluster_labels)
-
-
+print(f"cluster_on = {cw_cfg.cluster_on!r}; K = {cw_cfg.num_clusters} for "
+      f"{cfg.num_classes} classes; k-means: {cw_cfg.kmeans_restarts} restart(s) x "
+      f"{cw_cfg.kmeans_iters} iterations")
+for name in ("office-home", "domainnet"):
+    print(f"{name} preset: K = {get_preset(name).num_clusters}")
+clusters = train.cluster_features(cw_cfg, features, epoch=cfg.warmup_epochs, match=False)
+display(Code(inspect.getsource(purity), language="python"))
 for d, name in enumerate(cfg.domains):
     print(f"{name}: K = {cw_cfg.num_clusters} clusters, purity "
-          f"{purity(clusters.labels[d], labels[d]):.1f} % (random clusters: about "
-          f"{100 / cfg.num_classes:.0f} %)")
+          f"{purity(clusters.labels[d], labels[d]):.1f} % ({cfg.num_classes} classes: "
+          f"1/C = {100 / cfg.num_classes:.1f} %)")
 
 # %%
 images = {name: [datasets.load_image(path) for path, _ in ds.samples]
           for name, ds in zip(cfg.domains, warm.datasets, strict=True)}
 display(plots.cluster_montage(
     images[b], clusters.labels[1], labels[1], n_clusters=6, n_per_cluster=10,
-    class_names=classes, title=f"The six largest k-means clusters of the {b} bank after "
+    class_names=classes, title=f"The six largest k-means clusters of the {b} features after "
     "warm-up (green: the cluster's majority class)"))
 
 # %% [markdown]
 # ## Soft assignments and soft centroids
 #
 # A feature $z_i$ is assigned to every cluster with a probability that decreases with its
-# angle to the prototype (spec §2, temperature $\tau$ = `cfg.tau`):
+# angle to the prototype (the paper {cite}`hu2022ucdir`; temperature $\tau$ = `cfg.tau`):
 #
 # $$p_{ij} = \frac{\exp(\mathrm{sim}(z_i,c_j)/\tau)}{\sum_{k=1}^{K}\exp(\mathrm{sim}(z_i,c_k)/\tau)}$$
 
@@ -142,9 +164,9 @@ display(Code(inspect.getsource(clustering.soft_assign), language="python"))
 # row below is one image of $B$, each column a cluster:
 
 # %%
-rows = torch.linspace(0, len(banks[1]) - 1, 12).long()
-p_sharp = clustering.soft_assign(banks[1][rows], clusters.centroids[1], tau=cw_cfg.tau)
-p_soft = clustering.soft_assign(banks[1][rows], clusters.centroids[1], tau=1.0)
+rows = torch.linspace(0, len(features[1]) - 1, 12).long()
+p_sharp = clustering.soft_assign(features[1][rows], clusters.centroids[1], tau=cw_cfg.tau)
+p_soft = clustering.soft_assign(features[1][rows], clusters.centroids[1], tau=1.0)
 display(plots.heatmap([p_soft, p_sharp], [r"$p_{ij}$ with $\tau$ = 1", rf"$p_{{ij}}$ with "
                       rf"$\tau$ = {cw_cfg.tau} (cfg.tau)"], xlabel="cluster j",
                       ylabel="image i", colorbar_label="p", annotate=False))
@@ -162,39 +184,104 @@ display(plots.heatmap([p_soft, p_sharp], [r"$p_{ij}$ with $\tau$ = 1", rf"$p_{{i
 display(Code(inspect.getsource(clustering.soft_centroids), language="python"))
 
 # %% [markdown]
-# Over the whole bank, with a low temperature, the soft centroids point almost exactly where
-# the k-means prototypes do:
+# How close do the soft centroids of all the features come to the k-means prototypes, at a
+# high and at the low temperature?
 
 # %%
 for tau in (1.0, cw_cfg.tau):
-    p = clustering.soft_assign(banks[1], clusters.centroids[1], tau=tau)
-    soft = clustering.soft_centroids(banks[1], p)
+    p = clustering.soft_assign(features[1], clusters.centroids[1], tau=tau)
+    soft = clustering.soft_centroids(features[1], p)
     cosine = torch.nn.functional.cosine_similarity(soft, clusters.centroids[1], dim=1)
     print(f"tau = {tau}: mean cosine similarity of soft centroids and prototypes "
           f"{cosine.mean():.3f}")
 
 # %% [markdown]
-# ## The cluster-wise contrastive loss
+# ## The paper's cluster-wise loss (the tutorial form)
 #
-# With $y_i = \arg\max_j p_{ij}$ the cluster of sample $i$, the loss pulls each feature
-# towards its own prototype and away from the other $K-1$ (spec §3; the library divides by
-# $N$):
+# With $y_i = \arg\max_j p_{ij}$ the cluster of sample $i$, the paper's loss pulls each
+# feature towards its own prototype and away from the other $K-1$ (the paper
+# {cite}`hu2022ucdir`; the library divides by $N$):
 #
 # $$\mathcal{L}_{CW} = -\sum_{i=1}^{N}\log\frac{\exp(\mathrm{sim}(z_i,c_{y_i})/\tau)}
 # {\sum_{j=1}^{K}\exp(\mathrm{sim}(z_i,c_j)/\tau)}$$
 #
 # It is a cross-entropy in which the k-means clusters play the part of classes: images that
-# k-means put together are pulled together, which $\mathcal{L}_{IW}$ never does.
+# k-means put together are pulled together, which $\mathcal{L}_{IW}$ never does. This is
+# `cw_variant="prototype"`, the tutorial form: **the `cpu` preset does not train it** (the
+# printout after the next section says which form each row of this run trains).
 
 # %%
 display(Code(inspect.getsource(losses.cluster_wise_loss), language="python"))
 
 # %% [markdown]
-# The official code uses another form: a supervised contrastive loss {cite}`khosla2020supcon`
-# over the memory bank with the k-means labels as classes, leaving out samples whose own
-# prototype is not confident (`losses.cluster_wise_supcon_loss`, `cw_variant="supcon"`; see
-# {doc}`/book/differences`). The trainer picks the form from the config, in
-# `ucdir_lite.train.step_losses`, which sums the terms of every later notebook too:
+# ## The form the `cpu` preset trains: supervised contrastive over the bank
+#
+# The official code, and the `cpu` preset with it (`cw_variant="supcon"`), uses a supervised
+# contrastive loss {cite}`khosla2020supcon` over the memory bank in which the k-means labels
+# play the part of classes (see {doc}`/book/differences`). For a query $q_i$ with
+# pseudo-label $y_i$:
+#
+# - the **positives** $P(i)$ are the bank slots whose image has the same k-means label $y_i$.
+#   The trainer writes the batch's keys into the bank before the losses (notebook 2), so
+#   sample $i$'s own slot holds the key of its other view, and it is one of its positives,
+#   as in the official code (the trainer does not pass `index`, which would remove it);
+# - the denominator runs over every slot of the bank, so every image of another cluster is a
+#   negative;
+# - $\ell_i$ is the mean over the positives of $-\log$ their softmax probability, and the
+#   loss the mean of $\ell_i$ over the kept samples, at temperature `supcon_tau`.
+#
+# $$\ell_i = -\frac{1}{|P(i)|}\sum_{p\in P(i)}\log
+# \frac{\exp(q_i\cdot \mathrm{bank}_p/\tau)}{\sum_{n}\exp(q_i\cdot \mathrm{bank}_n/\tau)}$$
+
+# %%
+display(Code(inspect.getsource(losses.cluster_wise_supcon_loss), language="python"))
+
+# %% [markdown]
+# A sample is **kept** only if its key $k_i$ gives its own prototype a softmax probability
+# (temperature `supcon_tau`) above `conf_threshold`, strictly, as in the official code:
+# pseudo-labels that the sample itself is unsure of do not pull it into a group.
+
+# %%
+display(Code(inspect.getsource(losses.prototype_confidence), language="python"))
+
+# %% [markdown]
+# Which form does each row train? Printed from the configs of the rows (`arm_config`), so it
+# is what this run trains:
+
+# %%
+CW_FORMS = {"prototype": losses.cluster_wise_loss, "supcon": losses.cluster_wise_supcon_loss}
+for row in ARMS:
+    row_cfg = arm_config(cfg, row)
+    form = (f"cw_variant={row_cfg.cw_variant!r} -> losses."
+            f"{CW_FORMS[row_cfg.cw_variant].__name__}" if row_cfg.cw else "off")
+    print(f"{row:>20}: L_CW {form}")
+
+# %% [markdown]
+# On the warm-up's clusters, what would the filter keep? The trainer computes the confidence
+# of each batch's keys (augmented views); here it is computed on the fresh features of every
+# image, an estimate. Purity on each side of the filter shows whether the kept images carry
+# their cluster's class more often than the rest:
+
+# %%
+print(f"supcon_tau = {cw_cfg.supcon_tau}, conf_threshold = {cw_cfg.conf_threshold}")
+for d, name in enumerate(cfg.domains):
+    conf = losses.prototype_confidence(features[d], clusters.centroids[d], clusters.labels[d],
+                                       tau=cw_cfg.supcon_tau)
+    kept = conf > cw_cfg.conf_threshold
+    sizes = torch.bincount(clusters.labels[d], minlength=cw_cfg.num_clusters).float()
+    text = f"{name}: kept {100 * kept.float().mean():.1f} % of the images"
+    if kept.any():
+        text += f" (purity {purity(clusters.labels[d][kept], labels[d][kept]):.1f} %"
+        if (~kept).any():
+            left = purity(clusters.labels[d][~kept], labels[d][~kept])
+            text += f"; left out: {left:.1f} %"
+        text += ")"
+    print(text + f"; positives per sample (own slot included): "
+          f"{sizes[clusters.labels[d]].mean():.1f} on average")
+
+# %% [markdown]
+# The trainer picks the form from the config, in `ucdir_lite.train.step_losses`, which sums
+# the terms of every later notebook too:
 
 # %%
 display(Code(inspect.getsource(train.step_losses), language="python"))
@@ -203,15 +290,17 @@ display(Code(inspect.getsource(train.step_losses), language="python"))
 # ## Training the `CW` row
 #
 # The `CW` row forks the shared warm-up and trains $w_{IW}\mathcal{L}_{IW} +
-# w_{CW}\mathcal{L}_{CW}$ for the remaining epochs, re-clustering the banks at every epoch.
-# These are the overrides of the row and the settings it runs with:
+# w_{CW}\mathcal{L}_{CW}$ for the remaining epochs, clustering again at every epoch. These
+# are the overrides of the row and the settings it runs with:
 
 # %%
 print(f"overrides of the CW row: {ARMS['CW']}")
-print(f"L_CW form: {cw_cfg.cw_variant}; w_CW = {cw_cfg.cw_weight} (ramped over "
-      f"{cw_cfg.cw_ramp_epochs} epochs); w_IW after warm-up = {cw_cfg.iw_weight}; "
-      f"tau = {cw_cfg.tau}; K = {cw_cfg.num_clusters}; "
-      f"epochs {cw_cfg.warmup_epochs}..{cw_cfg.epochs - 1}")
+print(f"L_CW form: cw_variant={cw_cfg.cw_variant!r} "
+      f"(losses.{CW_FORMS[cw_cfg.cw_variant].__name__}); w_CW = {cw_cfg.cw_weight} (ramped "
+      f"over {cw_cfg.cw_ramp_epochs} epochs); w_IW after warm-up = {cw_cfg.iw_weight}; "
+      f"tau = {cw_cfg.tau}; supcon_tau = {cw_cfg.supcon_tau}; conf_threshold = "
+      f"{cw_cfg.conf_threshold}; K = {cw_cfg.num_clusters}; cluster_on = "
+      f"{cw_cfg.cluster_on!r}; epochs {cw_cfg.warmup_epochs}..{cw_cfg.epochs - 1}")
 runs = {}
 for name in ("IW", "CW"):
     start = time.perf_counter()
@@ -224,14 +313,14 @@ display(plots.training_curves(runs["CW"].history, title="The CW row: loss terms 
 # %% [markdown]
 # ## Before and after
 #
-# Did the clusters get purer? Cluster the final banks of both rows the way the trainer would
-# at the next epoch, and compare with the clusters the rows started from:
+# Did the clusters get purer? Cluster each row's fresh features at the end, the way the
+# trainer would at the next epoch, and compare with the clusters the rows started from:
 
 # %%
 final = {}
 for name, run in runs.items():
-    final_banks = train.load_checkpoint(run.out_dir)["banks"]
-    final[name] = train.cluster_banks(cw_cfg, final_banks, epoch=cfg.epochs, match=False)
+    final[name] = train.cluster_features(cw_cfg, fresh_features(run), epoch=cfg.epochs,
+                                         match=False)
 print(f"cluster purity (%) {a:>12} {b:>12}")
 print(f"{'warm-up':>18} " + " ".join(f"{purity(clusters.labels[d], labels[d]):12.1f}"
                                       for d in (0, 1)))
@@ -242,29 +331,33 @@ for name in runs:
 # %%
 display(plots.cluster_montage(
     images[b], final["CW"].labels[1], labels[1], n_clusters=6, n_per_cluster=10,
-    class_names=classes, title=f"The six largest clusters of the {b} bank after the CW row"))
+    class_names=classes, title=f"The six largest clusters of the {b} features after the CW row"))
 
 # %% [markdown]
 # And retrieval, the number that counts (A→B: $A$ queries $B$; A→A: within $A$):
 
 # %%
 k = cfg.ks[0]
+directions = ("A->B", "B->A", "A->A", "B->B")
 reports = {"warm-up": warm.metrics, "IW": runs["IW"].metrics, "CW": runs["CW"].metrics}
 for name, report in reports.items():
     print(f"{name:>8}: " + "  ".join(f"{d} P@{k} = {report[d][f'P@{k}']:5.1f}"
-                                     for d in ("A->B", "B->A", "A->A", "B->B")))
-display(plots.precision_bars(reports, f"P@{k}", directions=("A->B", "B->A", "A->A", "B->B"),
+                                     for d in directions))
+print("CW minus IW: " + "  ".join(
+    f"{d} {reports['CW'][d][f'P@{k}'] - reports['IW'][d][f'P@{k}']:+.1f}" for d in directions))
+display(plots.precision_bars(reports, f"P@{k}", directions=directions,
                              reference=100 / cfg.num_classes,
                              title=f"P@{k}: A = {a}, B = {b}"))
 
 # %% [markdown]
-# The printout is the evidence: compare the `CW` row with the `IW` row, which trained for
-# as many epochs from the same warm-up. Pulling images towards their cluster's prototype is
-# meant to tighten the classes *within* each domain (the A→A and B→B columns); whether that
-# also helps *across* domains is what the A→B and B→A columns say. Notebook 6 repeats the
-# comparison over several seeds to tell an effect from noise. The clusters of $A$ and of $B$ are still found and
-# used separately: nothing yet tells a sketch cluster which clip-art cluster it corresponds
-# to. The projection shows where the two domains stand:
+# The printout is the evidence: the last line compares the `CW` row with the `IW` row, which
+# trained for as many epochs from the same warm-up. Pulling images towards the images (or
+# the prototype) of their cluster is meant to tighten the classes *within* each domain (the
+# A→A and B→B columns); whether that also helps *across* domains is what the A→B and B→A
+# columns say. One seed cannot separate a small effect from the noise of training: notebook 6
+# repeats the comparison over several seeds. The clusters of $A$ and of $B$ are still found
+# and used separately: nothing yet tells a sketch cluster which clip-art cluster it
+# corresponds to. The projection shows where the two domains stand:
 
 # %%
 feats_a, labels_a = train.extract_features(runs["CW"].encoder, dataset_a, device)
@@ -277,13 +370,12 @@ display(plots.embedding_projection(
 # ## Going further on a GPU
 #
 # The paper's protocol uses the official form of $\mathcal{L}_{CW}$ (`cw_variant="supcon"`,
-# its weight ramped up over 80 epochs after a 20-epoch warm-up): the `domainnet` and
-# `office-home` presets set it. Prepare the data (notebook 1), set `RUN_REAL = True` on a GPU,
-# and the same call trains the `CW` row there (`ucdir-lite ablate --preset domainnet --pairs
-# clipart:sketch --seeds 0 --arms CW` on the command line). The `cpu` preset trained above
-# uses the official form too (the "L_CW form" printed above): on the
-# glyphs, tuning on the default ablation found the tutorial (prototype) form gained little.
-# The tutorial form is one line away: `get_preset("cpu", cw_variant="prototype")`.
+# its weight ramped up after the warm-up): the `domainnet` and `office-home` presets set it,
+# with the settings printed below. Prepare the data (notebook 1), set `RUN_REAL = True` on a
+# GPU, and the same call trains the `CW` row there (`ucdir-lite ablate --preset domainnet
+# --pairs clipart:sketch --seeds 0 --arms CW` on the command line). The paper's prototype
+# form is one line away: `get_preset("cpu", cw_variant="prototype")`; clustering the memory
+# bank instead of fresh features, `get_preset("cpu", cluster_on="bank")`.
 
 # %%
 RUN_REAL = False  # set to True on a GPU machine with the data prepared
@@ -291,8 +383,9 @@ MOCO_V2 = None  # the path of MoCo v2's moco_v2_800ep_pretrain.pth.tar, if you h
 real = get_preset("domainnet", weights=MOCO_V2)  # or get_preset("office-home", ...)
 real_cw = arm_config(real, "CW")
 print(f"domainnet CW row: cw_variant={real_cw.cw_variant}, cw_weight={real_cw.cw_weight}, "
-      f"ramp {real_cw.cw_ramp_epochs} epochs, K={real_cw.num_clusters}, "
-      f"supcon_tau={real_cw.supcon_tau}, conf_threshold={real_cw.conf_threshold}")
+      f"ramp {real_cw.cw_ramp_epochs} epochs after a {real_cw.warmup_epochs}-epoch warm-up, "
+      f"K={real_cw.num_clusters}, supcon_tau={real_cw.supcon_tau}, "
+      f"conf_threshold={real_cw.conf_threshold}, cluster_on={real_cw.cluster_on}")
 if RUN_REAL and Path(real.data_root).is_dir():
     print(train_arm(real, "CW").metrics)
 else:

@@ -19,13 +19,14 @@
 # **Learning goals.** After this notebook you can
 #
 # - measure how firmly a sample is assigned to a cluster by the entropy of its soft
-#   assignment, and write the self-entropy loss $\mathcal{L}_{SE}$;
-# - read `ucdir_lite.losses.self_entropy_loss` and the official code's cross-domain form,
-#   `cross_domain_self_entropy_loss`, and say what the second one adds;
+#   assignment, and write the paper's self-entropy loss $\mathcal{L}_{SE}$ (the tutorial
+#   form, `ucdir_lite.losses.self_entropy_loss`);
+# - read the form the `cpu` preset trains, the official code's cross-domain
+#   `cross_domain_self_entropy_loss` at temperature `se_tau`, and say what it adds;
 # - train the `CW+SE` row of the ablation and compare the entropy of the assignments and the
 #   precision at $K$ with the `CW` row of notebook 3.
 #
-# It trains for about a minute on a CPU (the earlier rows come from the run cache). With
+# It trains for a few minutes on a CPU (the earlier rows come from the run cache). With
 # `UCDIR_SMOKE=1` it trains a tiny model through the same code.
 
 # %%
@@ -69,13 +70,17 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}
 # $$H_i = -\sum_{j=1}^{K} p_{ij}\log p_{ij}$$
 #
 # is 0 when the sample belongs to one cluster only and $\log K$, its largest value, when it
-# is spread evenly over all of them. The self-entropy loss is its mean over the samples
-# (spec §4; the spec writes the sum, the library divides by $N$):
+# is spread evenly over all of them. The paper's self-entropy loss is its mean over the
+# samples, with $p_{ij}$ the assignment to the prototypes of the sample's *own* domain (the
+# paper {cite}`hu2022ucdir` writes the sum, the library divides by $N$):
 #
 # $$\mathcal{L}_{SE} = -\sum_{i=1}^{N}\sum_{j=1}^{K} p_{ij}\log p_{ij}$$
 #
 # Minimising it sharpens the assignments: each sample commits to one cluster, and the
-# prototypes move apart.
+# prototypes move apart. This in-domain form (`se_variant="in_domain"`, temperature
+# `cfg.tau`) is the tutorial form: **the `cpu` preset does not train it**. Its building block,
+# the mean entropy of a set of assignments, is the library function below, and the form the
+# preset trains (next section) is made of it.
 
 # %%
 display(Code(inspect.getsource(losses.self_entropy_loss), language="python"))
@@ -88,32 +93,49 @@ print(f"K = {K}: one-hot rows -> L_SE = {losses.self_entropy_loss(one_hot) + 0.0
       f"uniform rows -> {losses.self_entropy_loss(uniform):.4f} (log K = {math.log(K):.4f})")
 
 # %% [markdown]
-# ## The official code's form: commit in both domains
+# ## The form the `cpu` preset trains: commit in both domains
 #
-# The official code computes the entropy of each domain's features against the prototypes of
-# *both* domains, with a low temperature, and averages the four terms (see
-# {doc}`/book/differences`):
+# The official code, and the `cpu` preset with it (`se_variant="cross_domain"`), computes the
+# entropy of each domain's features against the prototypes of *both* domains, with a low
+# temperature $\tau$ = `se_tau`, and averages the four terms (see {doc}`/book/differences`):
 #
 # $$\mathcal{L}_{SE}^{\text{official}} = \frac14\sum_{x\in\{A,B\}}\sum_{y\in\{A,B\}}
 # \mathcal{L}_{SE}\Big(\mathrm{softmax}_j\big(\mathrm{sim}(z^x_i, c^y_j)/\tau\big)\Big)$$
 #
 # A sketch must then be close to *one* clip-art prototype as well as to one sketch prototype:
 # the term pulls every sample towards a cluster of the other domain, an alignment signal that
-# the in-domain form does not give.
+# the in-domain form does not give. This is the function the trainer calls for
+# `se_variant="cross_domain"`, on the query features of a batch of each domain and the
+# epoch's prototypes (`ucdir_lite.train.step_losses`, shown in notebook 3):
 
 # %%
 display(Code(inspect.getsource(losses.cross_domain_self_entropy_loss), language="python"))
 
 # %% [markdown]
-# The book's `cpu` preset, and so its `CW+SE` row, uses this form; the spec's in-domain form
-# is `se_variant="in_domain"` (which the tiny `smoke` preset, used only for tests, keeps):
+# Which form does each row train, at which temperature? Printed from the configs of the rows
+# (`arm_config`), so it is what this run trains:
 
 # %%
+SE_FORMS = {"in_domain": losses.self_entropy_loss,
+            "cross_domain": losses.cross_domain_self_entropy_loss}
+
+
+def se_temperature(row_cfg):
+    """The temperature of the L_SE form a config trains (as train.step_losses reads it)."""
+    return row_cfg.se_tau if row_cfg.se_variant == "cross_domain" else row_cfg.tau
+
+
+for row in ARMS:
+    row_cfg = arm_config(cfg, row)
+    form = (f"se_variant={row_cfg.se_variant!r} -> losses."
+            f"{SE_FORMS[row_cfg.se_variant].__name__}, tau = {se_temperature(row_cfg)}"
+            if row_cfg.se else "off")
+    print(f"{row:>20}: L_SE {form}")
 se_cfg = arm_config(cfg, "CW+SE")
 print(f"overrides of the CW+SE row: {ARMS['CW+SE']}")
-print(f"L_SE form: {se_cfg.se_variant}; lambda_SE = {se_cfg.se_weight}; "
-      f"temperature {se_cfg.se_tau if se_cfg.se_variant == 'cross_domain' else se_cfg.tau}; "
-      f"from epoch {se_cfg.se_start if se_cfg.se_start is not None else se_cfg.warmup_epochs}")
+print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weight}; "
+      f"temperature {se_temperature(se_cfg)}; from epoch "
+      f"{se_cfg.se_start if se_cfg.se_start is not None else se_cfg.warmup_epochs}")
 
 # %% [markdown]
 # ## Training the `CW+SE` row
@@ -134,22 +156,24 @@ display(plots.training_curves(runs["CW+SE"].history, title="The CW+SE row: loss 
 # %% [markdown]
 # ## Entropy before and after
 #
-# For each row, cluster the final banks as the trainer would at the next epoch, and compute
-# the entropy of every image's assignment at the temperature of $\mathcal{L}_{SE}$: to the
-# prototypes of its own domain, and to those of the other domain. "Before" is the `CW` row,
-# trained without $\mathcal{L}_{SE}$; "after" the `CW+SE` row. The histograms show the range
-# of entropies that occur, with a logarithmic count axis, so that the few uncertain samples
-# in the tail stay visible next to the many confident ones near 0.
+# For each row, cluster its fresh features at the end (every image, without augmentation,
+# through the row's key encoder in eval mode) as the trainer would at the next epoch, and
+# compute the entropy of every image's assignment at the temperature of the trained
+# $\mathcal{L}_{SE}$: to the prototypes of its own domain, and to those of the other
+# domain. "Before" is the `CW` row, trained without $\mathcal{L}_{SE}$; "after" the `CW+SE`
+# row. The histograms show the range of entropies that occur, with a logarithmic count axis,
+# so that a handful of samples in a bin stays visible next to a crowded one.
 
 # %%
-tau_se = se_cfg.se_tau if se_cfg.se_variant == "cross_domain" else se_cfg.tau
+tau_se = se_temperature(se_cfg)
+data = train.build_data(cfg)  # each domain's images in bank order, as the trainer holds them
 assignments = {}
 for name in ("CW", "CW+SE"):
-    banks = train.load_checkpoint(runs[name].out_dir)["banks"]
-    clusters = train.cluster_banks(se_cfg, banks, epoch=cfg.epochs, match=False)
+    feats = [train.extract_features(runs[name].encoder, d.eval_data, device)[0] for d in data]
+    clusters = train.cluster_features(se_cfg, feats, epoch=cfg.epochs, match=False)
     assignments[name] = {
-        "own": clustering.soft_assign(banks[1], clusters.centroids[1], tau=tau_se),
-        "other": clustering.soft_assign(banks[1], clusters.centroids[0], tau=tau_se),
+        "own": clustering.soft_assign(feats[1], clusters.centroids[1], tau=tau_se),
+        "other": clustering.soft_assign(feats[1], clusters.centroids[0], tau=tau_se),
     }
     print(f"{name:>6}: mean entropy of the {b} images, own prototypes "
           f"{losses.self_entropy_loss(assignments[name]['own']):.3f}, {a} prototypes "
@@ -174,15 +198,19 @@ reports = {name: run.metrics for name, run in runs.items()}
 for name, report in reports.items():
     print(f"{name:>6}: " + "  ".join(f"{d} P@{k} = {report[d][f'P@{k}']:5.1f}"
                                      for d in ("A->B", "B->A", "A->A", "B->B")))
+print("CW+SE minus CW: " + "  ".join(
+    f"{d} {reports['CW+SE'][d][f'P@{k}'] - reports['CW'][d][f'P@{k}']:+.1f}"
+    for d in ("A->B", "B->A", "A->A", "B->B")))
 display(plots.precision_bars(reports, f"P@{k}", directions=("A->B", "B->A", "A->A", "B->B"),
                              reference=100 / cfg.num_classes,
                              title=f"P@{k}: A = {a}, B = {b}"))
 
 # %% [markdown]
-# Read the cross-domain columns: the cross-domain entropy term is the first one in the book
-# that connects the two domains, and the difference between the `CW+SE` and `CW` rows above
-# is what it is worth on this seed (notebook 6 repeats it over several seeds). Here is what
-# the `CW+SE` features retrieve:
+# Read the cross-domain columns. In its cross-domain form (the form printed above for this
+# run's row), the entropy term is the first one in the book that connects the two domains;
+# the last line of the printout is what adding it to the `CW` row changed on this seed, and
+# notebook 6 repeats the comparison over several seeds. Here is what the `CW+SE` features
+# retrieve:
 
 # %%
 dataset_a, dataset_b = runs["CW+SE"].datasets
@@ -197,20 +225,21 @@ display(plots.retrieval_gallery(
 # %% [markdown]
 # ## Going further on a GPU
 #
-# In the paper's protocol the self-entropy term starts at epoch 100 of 200 with weight 0.5
-# (DomainNet) or 1.0 (Office-Home), in the official cross-domain form: the presets hold these
-# values. Prepare the data (notebook 1) and set `RUN_REAL = True` on a GPU to train the
-# `CW+SE` row there (`ucdir-lite ablate --preset domainnet --pairs clipart:sketch --seeds 0
-# --arms CW+SE` on the command line). To try the spec's in-domain form on the glyphs:
-# `get_preset("cpu", se_variant="in_domain")`.
+# In the paper's protocol the self-entropy term, in the official cross-domain form, starts
+# later than the other cluster terms: the `domainnet` and `office-home` presets hold its
+# weight, temperature and first epoch (printed below). Prepare the data (notebook 1) and set
+# `RUN_REAL = True` on a GPU to train the `CW+SE` row there (`ucdir-lite ablate --preset
+# domainnet --pairs clipart:sketch --seeds 0 --arms CW+SE` on the command line). To try the
+# paper's in-domain form on the glyphs: `get_preset("cpu", se_variant="in_domain")`.
 
 # %%
 RUN_REAL = False  # set to True on a GPU machine with the data prepared
 MOCO_V2 = None  # the path of MoCo v2's moco_v2_800ep_pretrain.pth.tar, if you have it
 real = get_preset("domainnet", weights=MOCO_V2)  # or get_preset("office-home", ...)
-real_se = arm_config(real, "CW+SE")
-print(f"domainnet CW+SE row: se_variant={real_se.se_variant}, se_weight={real_se.se_weight}, "
-      f"se_tau={real_se.se_tau}, from epoch {real_se.se_start} of {real_se.epochs}")
+for name in ("domainnet", "office-home"):
+    row = arm_config(get_preset(name), "CW+SE")
+    print(f"{name} CW+SE row: se_variant={row.se_variant}, se_weight={row.se_weight}, "
+          f"se_tau={row.se_tau}, from epoch {row.se_start} of {row.epochs}")
 if RUN_REAL and Path(real.data_root).is_dir():
     print(train_arm(real, "CW+SE").metrics)
 else:

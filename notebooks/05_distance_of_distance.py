@@ -27,7 +27,7 @@
 # - write the distance-of-distance loss $\mathcal{L}_{DD}$ and the official code's
 #   sample-level form, and compare the two `Full` rows of the ablation with the earlier rows.
 #
-# It trains two rows, about two minutes on a CPU (the earlier rows come from the run cache).
+# It trains two rows, a few minutes on a CPU (the earlier rows come from the run cache).
 # With `UCDIR_SMOKE=1` it trains a tiny model through the same code.
 
 # %%
@@ -52,7 +52,7 @@ import ot
 import torch
 from IPython.display import Code, display
 
-from ucdir_lite import losses, plots, train, transport
+from ucdir_lite import clustering, losses, plots, train, transport
 from ucdir_lite.ablation import ARMS, arm_config, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.datasets import load_image
@@ -70,16 +70,19 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}
 #
 # k-means numbers the clusters of each domain in an arbitrary order: cluster 3 of the clip
 # art and cluster 3 of the sketches have nothing in common. To see it, take the prototypes
-# at the end of the `CW+SE` row (notebook 4; from the run cache, or trained now) and name
-# each cluster after its most frequent class (labels are used to *look*, never to train).
+# the trainer would compute after the `CW+SE` row (notebook 4; from the run cache, or trained
+# now): k-means on the fresh features of every image, from the row's key encoder in eval
+# mode, as at every epoch. Name each cluster after its most frequent class (labels are used
+# to *look*, never to train).
 
 # %%
 start = time.perf_counter()
 se_run = train_arm(cfg, "CW+SE", progress=False)
 print(f"CW+SE row: ready in {time.perf_counter() - start:.0f} s")
 full_cfg = arm_config(cfg, "Full")
-banks = train.load_checkpoint(se_run.out_dir)["banks"]
-clusters = train.cluster_banks(full_cfg, banks, epoch=cfg.epochs, match=False)
+data = train.build_data(cfg)  # each domain's images in bank order, as the trainer holds them
+features = [train.extract_features(se_run.encoder, d.eval_data, device)[0] for d in data]
+clusters = train.cluster_features(full_cfg, features, epoch=cfg.epochs, match=True)
 centroids_a, centroids_b = (c.double() for c in clusters.centroids)
 classes = se_run.datasets[0].classes
 
@@ -244,27 +247,65 @@ for name, cb in (("as clustered", centroids_b), ("renumbered", centroids_b[shuff
 # The official code avoids the matching: it compares *samples*. A batch of features is
 # soft-assigned to the prototypes of $A$ and, separately, to those of $B$ (temperature
 # `dd_tau`); in each prototype space the samples' pairwise cosine distances form a $B\times B$
-# matrix, indexed by samples, so both matrices can be compared entry by entry:
+# matrix, indexed by samples, so both matrices can be compared entry by entry. As in the
+# official code, the squared differences are **summed over $j$ and averaged over $i$**:
 #
-# $$\mathcal{L}_{DD}^{\text{official}} = \frac{1}{B^2}\sum_{i,j}\big(M^A_{ij} - M^B_{ij}\big)^2,
-# \qquad M^x_{ij} = 1 - \mathrm{sim}(p^x_i, p^x_j)$$
+# $$\mathcal{L}_{DD}^{\text{official}} = \frac{1}{B}\sum_{i=1}^{B}\sum_{j=1}^{B}
+# \big(M^A_{ij} - M^B_{ij}\big)^2, \qquad M^x_{ij} = 1 - \mathrm{sim}(p^x_i, p^x_j)$$
+#
+# that is $B$ times the mean over all $B^2$ pairs, so its scale grows with the batch size.
+# The official code's weights for this term (0.5 on Office-Home, 0.1 on DomainNet, held by
+# the `office-home` and `domainnet` presets and printed below) are set on this scale. The
+# trainer applies it to the batches of both domains and averages the two.
 
 # %%
 display(Code(inspect.getsource(losses.sample_distance_of_distance_loss), language="python"))
+for name in ("office-home", "domainnet"):
+    row = arm_config(get_preset(name), "Full (official DoD)")
+    print(f"{name} preset: dd_variant={row.dd_variant!r}, lambda_DD = {row.dd_weight}, "
+          f"dd_tau = {row.dd_tau}, batch {row.batch_size} per domain")
+
+# %% [markdown]
+# How do the scales of the two forms compare? Both on one batch of `batch_size` images per
+# domain (the fresh features of the `CW+SE` row, the prototypes and the matching above),
+# computed as the trainer computes them (`ucdir_lite.train.step_losses`, shown in notebook 3):
+
+# %%
+batch = torch.randperm(min(len(f) for f in features),
+                       generator=torch.Generator().manual_seed(0))[:cfg.batch_size]
+z = [f[batch] for f in features]
+batch_centroids = [clustering.soft_centroids(z[d], clustering.soft_assign(
+    z[d], clusters.centroids[d], tau=full_cfg.tau)) for d in (0, 1)]
+ot_form = losses.distance_of_distance_loss(*batch_centroids, matching=clusters.matching)
+sample_form = sum(losses.sample_distance_of_distance_loss(
+    z[d], *clusters.centroids, tau=full_cfg.dd_tau) for d in (0, 1)) / 2
+print(f"B = {cfg.batch_size}: OT-matched batch centroids {ot_form:.4f}; sample level "
+      f"{sample_form:.4f} (its mean over all B^2 pairs: {sample_form / cfg.batch_size:.4f})")
 
 # %% [markdown]
 # ## Training the two `Full` rows
 #
 # Both rows fork the shared warm-up and train $\mathcal{L}_{CW}$, $\mathcal{L}_{SE}$ and one
 # form of $\mathcal{L}_{DD}$ (and $\mathcal{L}_{IW}$, whose weight after warm-up is
-# `iw_weight`): `Full` the OT-matched centroid form above, `Full (official DoD)` the
-# sample-level one.
+# `iw_weight`). The printout, from `ucdir_lite.ablation.ARMS` and `arm_config`, says which
+# form each row trains: `dd_variant="ot"` is the OT-matched batch-centroid form
+# (`distance_of_distance_loss`), `dd_variant="sample"` the official sample-level one
+# (`sample_distance_of_distance_loss`), along with the forms of $\mathcal{L}_{CW}$ and
+# $\mathcal{L}_{SE}$. Both rows take the same $\lambda_{DD}$ from the preset, whatever the
+# scale of their form (compare the two values printed above).
 
 # %%
+DD_FORMS = {"ot": losses.distance_of_distance_loss,
+            "sample": losses.sample_distance_of_distance_loss}
 for name in ("Full", "Full (official DoD)"):
     row = arm_config(cfg, name)
-    print(f"{name}: overrides {ARMS[name]}; lambda_DD = {row.dd_weight}, "
-          f"ot_epsilon = {row.ot_epsilon}, dd_tau = {row.dd_tau}")
+    settings = (f"ot_epsilon = {row.ot_epsilon}, tau = {row.tau}" if row.dd_variant == "ot"
+                else f"dd_tau = {row.dd_tau}")
+    print(f"{name}: overrides {ARMS[name]}")
+    print(f"    L_DD: dd_variant={row.dd_variant!r} -> losses."
+          f"{DD_FORMS[row.dd_variant].__name__}; lambda_DD = {row.dd_weight} from epoch "
+          f"{row.dd_start if row.dd_start is not None else row.warmup_epochs}; {settings}")
+    print(f"    L_CW: cw_variant={row.cw_variant!r}; L_SE: se_variant={row.se_variant!r}")
 runs = {}
 for name in ("IW", "CW", "CW+SE", "Full", "Full (official DoD)"):
     start = time.perf_counter()
@@ -317,8 +358,8 @@ display(plots.retrieval_gallery(
 # %% [markdown]
 # ## Going further on a GPU
 #
-# The paper's protocol uses the sample-level form (`dd_variant="sample"`), switched on at
-# epoch 100 of 200; the `domainnet` and `office-home` presets hold its weights. Prepare the
+# The paper's protocol uses the sample-level form (`dd_variant="sample"`); the `domainnet`
+# and `office-home` presets hold its weight, temperature and first epoch. Prepare the
 # data (notebook 1) and set `RUN_REAL = True` on a GPU to train the `Full (official DoD)` row
 # (`ucdir-lite ablate --preset domainnet --pairs clipart:sketch --seeds 0` trains every row).
 # The torch Sinkhorn runs on the GPU with the prototypes: `transport.sinkhorn` accepts CUDA
