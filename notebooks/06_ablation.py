@@ -27,9 +27,10 @@
 # - say where the ordering `IW` < `CW` < `CW+SE` < `Full` that the paper claims holds on
 #   the embedded benchmark, and where it does not.
 #
-# It is the longest notebook: the first time, it trains about thirty runs, about ten minutes on
-# two CPU cores; runs already in the cache (those of notebooks 2–5, or of an earlier
-# execution) take no time. With `UCDIR_SMOKE=1` it runs a tiny ablation in seconds through the
+# It is the longest notebook: the first time, it trains about thirty runs, about twenty to
+# twenty-five minutes on two CPU cores (`bench/README.md` gives measured times and the
+# machine); runs already in the cache (those of notebooks 2–5, or of an earlier execution)
+# take no time. With `UCDIR_SMOKE=1` it runs a tiny ablation in seconds through the
 # same code.
 
 # %%
