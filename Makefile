@@ -35,10 +35,10 @@ unit: install
 AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 unit-matrix: install
 	@set -e; for threads in 1 2; do for isa in default avx2; do \
-	  echo "== unit suite: OMP_NUM_THREADS=$$threads, kernels $$isa"; \
+	  echo "== unit suite: OMP_NUM_THREADS=MKL_NUM_THREADS=$$threads, kernels $$isa"; \
 	  if [ $$isa = avx2 ]; then isa_env="$(AVX2)"; else isa_env=; fi; \
-	  env OMP_NUM_THREADS=$$threads $$isa_env $(PY) tools/cpu_info.py; \
-	  env OMP_NUM_THREADS=$$threads $$isa_env $(VENV)/bin/pytest tests; \
+	  env OMP_NUM_THREADS=$$threads MKL_NUM_THREADS=$$threads $$isa_env $(PY) tools/cpu_info.py; \
+	  env OMP_NUM_THREADS=$$threads MKL_NUM_THREADS=$$threads $$isa_env $(VENV)/bin/pytest tests; \
 	done; done
 
 nbmake: install

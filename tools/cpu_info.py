@@ -25,7 +25,7 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY",
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY",
                                       "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
            if k in os.environ}
     print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, capability "
