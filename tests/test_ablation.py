@@ -95,6 +95,29 @@ def test_warmup_config_is_shared_by_every_arm():
     assert ab.warmup_config(base.replace(lr=2e-3)).lr == 2e-3  # warm-up fields are kept
 
 
+def test_dd_stem_is_shared_by_the_arms_that_add_dd_late():
+    base = get_preset("cpu")  # warm-up 40 epochs, L_DD from epoch 50, 60 epochs
+    stem = ab.dd_stem(base, "Full")
+    assert stem == ab.dd_stem(base, "Full (official DoD)") == ab.dd_stem(base, "CW+SE")
+    assert (stem.epochs, stem.cw, stem.se, stem.dd) == (50, True, True, False)
+    assert ab.dd_stem(base, "IW") is None and ab.dd_stem(base, "CW") is None  # nobody shares
+    assert [c.epochs for c in ab.fork_chain(base, "Full")] == [40, 50, 60]
+    assert [c.epochs for c in ab.fork_chain(base, "CW")] == [40, 60]
+    assert [c.epochs for c in ab.fork_chain(base, ab.WARMUP)] == [40]
+    # no stem where forking would not be exact or would save nothing
+    assert ab.dd_stem(base.replace(dd_start=40), "Full") is None  # L_DD starts with the rest
+    assert ab.dd_stem(base.replace(cosine=True), "Full") is None  # lr depends on the length
+
+
+def test_code_digest_ignores_docstrings_and_comments():
+    src = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n\nclass C:\n    a: int = 1\n'
+    same = ('def f(x):\n    """Another doc,\n    on two lines."""\n    # a comment\n'
+            '    return x + 1\n\nclass C:\n    """C."""\n    a: int = 1\n    """Doc of a."""\n')
+    assert ab._code_digest(src) == ab._code_digest(same)
+    assert ab._code_digest(src) != ab._code_digest(src.replace("x + 1", "x + 2"))
+    assert ab._code_digest(src) != ab._code_digest(src.replace("a: int = 1", "a: int = 2"))
+
+
 def test_run_key_tracks_what_changes_the_result(env):
     cfg = get_preset("smoke", domains=PAIR)
     key = ab.run_key(cfg)
@@ -102,6 +125,7 @@ def test_run_key_tracks_what_changes_the_result(env):
     assert ab.run_key(cfg.replace(ks=(1, 2), device="cpu", log_every=1)) == key
     for change in (dict(seed=1), dict(lr=2e-3), dict(epochs=4), dict(domains=("photo", "sketch"))):
         assert ab.run_key(cfg.replace(**change)) != key, change
+    assert ab.run_key(cfg.replace(threads=1)) != ab.run_key(cfg.replace(threads=2))
     assert ab.run_key(cfg, parent_key="abc") != key
     assert ab.run_key(cfg, data="glyphs:other") != key
     assert ab.run_key(cfg, code="0.0.0+x") != key
@@ -132,6 +156,43 @@ def test_smoke_ablation_writes_table_csv_json_and_chart(env, first):
     assert record["arm"] == "CW+SE" and record["metrics"] == first["rows"][3]["metrics"]
     assert (out / "ablation.png").stat().st_size > 1000
     assert ab.load_results(out)["rows"][2]["metrics"] == first["rows"][2]["metrics"]
+
+
+def test_table_title_names_the_thread_count(env, first):
+    assert first["threads"] == THREADS
+    title = (env / "out" / "table.md").read_text().splitlines()[0]
+    assert title.endswith(", 1 CPU thread per run")
+
+
+def test_arms_with_late_dd_fork_one_stem_and_match_a_direct_fork(env):
+    """Training CW+SE to dd_start once and forking the L_DD arms from it gives the weights of
+    forking each from the warm-up: the fork is the same computation (bit for bit, one thread,
+    one process)."""
+    cache = env / "stem-cache"
+    results = ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=1, threads=THREADS,
+                              cache_dir=cache, progress=False,
+                              overrides=dict(epochs=4, warmup_epochs=1, dd_start=2))
+    assert [r["arm"] for r in results["rows"]] == [ab.WARMUP, *ab.ARMS]  # the stem is no row
+    assert results["timing"]["runs_trained"] == 1 + 1 + len(ab.ARMS)  # warm-up, stem, arms
+    rows = {r["arm"]: r for r in results["rows"]}
+    stem_key = json.loads((ab.Path(rows["Full"]["run_dir"]) / ab.MARKER).read_text())["parent"]
+    for arm in ("CW+SE", "Full", "Full (official DoD)"):
+        marker = json.loads((ab.Path(rows[arm]["run_dir"]) / ab.MARKER).read_text())
+        assert marker["parent"] == stem_key != rows[ab.WARMUP]["key"]
+    for arm in ("IW", "CW"):
+        marker = json.loads((ab.Path(rows[arm]["run_dir"]) / ab.MARKER).read_text())
+        assert marker["parent"] == rows[ab.WARMUP]["key"]
+    base = get_preset("smoke", domains=PAIR, seed=0, threads=THREADS, epochs=4,
+                      warmup_epochs=1, dd_start=2)
+    warm_ckpt = ab.Path(rows[ab.WARMUP]["run_dir"]) / "checkpoint.pt"
+    direct = train_mod.train(ab.arm_config(base, "Full"), env / "direct-full",
+                             init_from=warm_ckpt, progress=False)
+    via_stem = train_mod.load_checkpoint(
+        ab.Path(rows["Full"]["run_dir"]) / "checkpoint.pt")["encoder_k"]
+    assert via_stem.keys() == direct.encoder.state_dict().keys()
+    for name, value in direct.encoder.state_dict().items():
+        assert torch.equal(value, via_stem[name]), name
+    assert direct.metrics == rows["Full"]["metrics"]
 
 
 def test_arms_fork_the_one_warmup(first):

@@ -196,7 +196,10 @@ def test_smoke_run_end_to_end(smoke_run):
     out = result.out_dir
     for name in ("checkpoint.pt", "config.json", "history.json", "metrics.json"):
         assert (out / name).is_file(), name
+    # the thread count it ran on is recorded (None resolves to torch's count at the start)
+    cfg = cfg.replace(threads=torch.get_num_threads())
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    assert result.config == cfg
     assert json.loads((out / "history.json").read_text()) == json.loads(
         json.dumps(result.history))
     assert json.loads((out / "metrics.json").read_text()) == result.metrics
@@ -398,3 +401,27 @@ def test_per_image_loader_path(tmp_path):
     assert set(result.history[1]["losses"]) == {"iw", "cw", "se", "dd", "total"}
     with pytest.raises(ValueError, match="batch_augment needs images of 16x16"):
         train(cfg.replace(batch_augment=True, image_size=16), progress=False)
+
+
+def test_resume_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(smoke(epochs=1, warmup_epochs=1, threads=1), out, progress=False)
+    seen = []
+    real_epoch = train_mod._train_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="threads=1 there vs 2 here"):
+            train(smoke(epochs=2, warmup_epochs=1, threads=2), out, resume=True, progress=False)
+        result = train(smoke(epochs=2, warmup_epochs=1), out, resume=True, progress=False)
+        assert torch.get_num_threads() == 2  # restored after the run
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] and result.config.threads == 1
+    assert json.loads((out / "config.json").read_text())["threads"] == 1

@@ -2,7 +2,9 @@
 
 For every domain pair and seed the warm-up (L_IW alone, spec §6) is trained ONCE and then
 forked into the arms (``train(cfg_arm, out, init_from=<warm-up checkpoint>)``), so every arm
-starts from the same weights and sees the same data and the same epoch budget after warm-up:
+starts from the same weights and sees the same data and the same epoch budget after warm-up.
+The arms that add L_DD late (``dd_start``) fork in turn from one shared run of the arm
+without it, trained until L_DD starts (``dd_stem``): the same weights, less work.
 
     IW                   w_IW L_IW                                  (no cluster term)
     CW                   + w_CW L_CW
@@ -25,6 +27,7 @@ Reference: Hu & Lee, ECCV 2022 (arXiv:2207.09721), Table 4 (the ablation of the 
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import csv
 import hashlib
@@ -44,7 +47,14 @@ import ucdir_lite
 from ucdir_lite import glyphs
 from ucdir_lite._progress import tqdm
 from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, TrainConfig, get_preset
-from ucdir_lite.train import CHECKPOINT, TrainResult, data_root, train
+from ucdir_lite.train import (
+    CHECKPOINT,
+    TrainResult,
+    data_root,
+    learning_rate,
+    loss_weights,
+    train,
+)
 from ucdir_lite.utils import atomic_write_json
 
 WARMUP = "warm-up"
@@ -108,6 +118,43 @@ def warmup_config(base: TrainConfig) -> TrainConfig:
     return canonical_config(base.replace(epochs=base.warmup_epochs))
 
 
+def dd_stem(base: TrainConfig, arm: str) -> TrainConfig | None:
+    """The run that ``arm`` shares with the arms that add L_DD, or None.
+
+    L_DD starts at ``dd_start``; until then an arm with L_DD trains exactly what the same
+    arm without it trains (its weight is 0, and the lr and the other weights follow the same
+    schedule). So the ablation trains that stem once, from the warm-up to ``dd_start``, and
+    forks CW+SE, Full and Full (official DoD) from it: the same weights as training each
+    from the warm-up, a quarter less work on the ``cpu`` preset. None when ``arm`` trains no
+    cluster loss, when L_DD starts with the cluster losses, or when no arm with L_DD shares
+    the stem.
+    """
+    cfg = arm_config(base, arm)
+    start = base.dd_start
+    if not (cfg.cw or cfg.se) or start is None or not base.warmup_epochs < start < cfg.epochs:
+        return None
+    stem = canonical_config(cfg.replace(dd=False, epochs=start))
+    with_dd = [arm_config(base, other) for other in ARMS]
+    if not any(c.dd and canonical_config(c.replace(dd=False, epochs=start)) == stem
+               for c in with_dd):
+        return None
+    for epoch in range(base.warmup_epochs, start):  # the fork is exact only if these agree
+        if (learning_rate(stem, epoch) != learning_rate(cfg, epoch)
+                or loss_weights(stem, epoch) != loss_weights(cfg, epoch)):
+            return None
+    return stem
+
+
+def fork_chain(base: TrainConfig, arm: str) -> list[TrainConfig]:
+    """The runs that train ``arm`` (a key of ``ARMS``, or ``"warm-up"``), each forked from
+    the one before: the warm-up, the L_DD stem if any (``dd_stem``), the arm itself."""
+    warm = warmup_config(base)
+    if arm == WARMUP:
+        return [warm]
+    stem = dd_stem(base, arm)
+    return [warm, *([stem] if stem is not None else []), arm_config(base, arm)]
+
+
 # ------------------------------------------------------------------------------- cache keys
 
 
@@ -121,12 +168,27 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
+def _code_digest(source: str) -> bytes:
+    """The syntax tree of ``source`` without its docstrings (comments are not in it): editing
+    prose leaves the digest, and so the run cache, as it was."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(
+                    s.value, ast.Constant) and isinstance(s.value.value, str))]
+                setattr(node, name, kept or [ast.Pass()])
+    return ast.dump(tree).encode()
+
+
 def code_version() -> str:
-    """The package version plus a digest of the source of the modules that train."""
+    """The package version plus a digest of the code (not the docstrings or comments) of the
+    modules that train."""
     digest = hashlib.sha256()
     package = Path(ucdir_lite.__file__).parent
     for name in _TRAINING_MODULES:
-        digest.update((package / f"{name}.py").read_bytes())
+        digest.update(_code_digest((package / f"{name}.py").read_text()))
     return f"{ucdir_lite.__version__}+{digest.hexdigest()[:12]}"
 
 
@@ -211,6 +273,13 @@ def _parent_of(init_from: TrainResult | str | os.PathLike | None) -> tuple[Path 
     return ckpt, "sha256:" + digest.hexdigest()
 
 
+def _resolved(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` in canonical form with its thread count fixed (None: this process's count):
+    the count is part of the run's key, since the trained weights depend on it."""
+    cfg = canonical_config(cfg)
+    return cfg if cfg.threads is not None else cfg.replace(threads=torch.get_num_threads())
+
+
 def _has_metrics(metrics: dict[str, Any], ks: Iterable[int]) -> bool:
     entry = metrics.get("A->B", {})
     return all(f"P@{k}" in entry for k in ks)
@@ -221,7 +290,7 @@ def cached_run(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None,
     """The summary (``cache.json`` plus ``metrics`` and ``run_dir``) of the finished cached run
     of ``cfg``, or None when it is missing, unfinished or lacks some of ``cfg.ks``. Never
     trains."""
-    cfg = canonical_config(cfg)
+    cfg = _resolved(cfg)
     cache_dir = _cache_dir(cache_dir)
     key = run_key(cfg, _parent_of(init_from)[1])
     run_dir = _run_dir(cache_dir, cfg, key)
@@ -240,7 +309,7 @@ def cached_run(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None,
 def _train_cached(cfg: TrainConfig, cache_dir: str | os.PathLike | None,
                   init_from: TrainResult | str | os.PathLike | None,
                   progress: bool) -> tuple[TrainResult, dict[str, Any]]:
-    cfg = canonical_config(cfg)
+    cfg = _resolved(cfg)
     cache_dir = _cache_dir(cache_dir)
     parent_ckpt, parent_key = _parent_of(init_from)
     data = data_checksum(cfg, progress=progress)
@@ -291,14 +360,17 @@ def train_cached(
 
 def train_arm(base: TrainConfig, arm: str, cache_dir: str | os.PathLike | None = None, *,
               progress: bool = True) -> TrainResult:
-    """One ablation row for one pair and seed, through the cache: the shared warm-up of
-    ``base`` (``warmup_config``; ``arm="warm-up"`` returns it), then ``arm`` forked from it
-    (``arm_config``). The notebooks call this with the preset the ablation uses, so notebook
-    06 finds their runs."""
-    warm = train_cached(warmup_config(base), cache_dir, progress=progress)
-    if arm == WARMUP:
-        return warm
-    return train_cached(arm_config(base, arm), cache_dir, init_from=warm, progress=progress)
+    """One ablation row for one pair and seed, through the cache: the runs of
+    ``fork_chain(base, arm)``, each forked from the one before (the shared warm-up of
+    ``base``, which ``arm="warm-up"`` returns; the L_DD stem; ``arm_config(base, arm)``). The
+    notebooks call this with the preset the ablation uses, so notebook 06 finds their runs."""
+    if arm != WARMUP and arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose from {WARMUP}, {', '.join(ARMS)}")
+    result = None
+    for cfg in fork_chain(base, arm):
+        result = train_cached(cfg, cache_dir, init_from=result, progress=progress)
+    assert result is not None
+    return result
 
 
 # ------------------------------------------------------------------------------- jobs
@@ -433,9 +505,11 @@ def run_ablation(
             ``{"ks": (1, 5, 15)}`` for Office-Home's P@1/5/15).
         cache_dir: the run cache (default: ``default_cache_dir()``).
         progress: a progress bar over runs.
-        threads: CPU threads of each job (default: the cores shared out over ``jobs``, or this
-            process's thread count for ``jobs=1``). Float sums, and so the trained weights,
-            depend on the thread count: runs are bit-reproducible at a fixed one.
+        threads: CPU threads of each run (default: the preset's ``threads``, else the cores
+            shared out over ``jobs``, or this process's thread count for ``jobs=1``). Float
+            sums, and so the trained weights, depend on the thread count: runs are
+            bit-reproducible at a fixed one, the count is part of each run's cache key, and the
+            table's title names it.
 
     Returns:
         ``{"preset", "overrides", "pairs", "seeds", "arms", "rows", "timing"}``; ``rows`` holds
@@ -461,25 +535,36 @@ def run_ablation(
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
     if threads is None:
+        threads = probe.threads
+    if threads is None:
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
     if threads < 1:
         raise ValueError(f"threads={threads} must be >= 1")
     cache = _cache_dir(cache_dir)
 
     warmups: dict[str, TrainConfig] = {}
-    forks: dict[str, list[tuple[str, TrainConfig]]] = {}
+    forks: dict[str, list[tuple[str, TrainConfig]]] = {}  # job -> the jobs forked from it
     where: dict[str, tuple[str, int, str]] = {}
     for pair in pairs:
         for seed in seeds:
             base = get_preset(preset, **overrides, domains=pair, seed=seed)
+            base = base.replace(threads=threads)
             data_checksum(base, progress=progress)  # generate missing data before the workers
-            warm_job = f"{pair_name(pair)}/seed{seed}/{WARMUP}"
+            prefix = f"{pair_name(pair)}/seed{seed}"
+            warm_job = f"{prefix}/{WARMUP}"
             warmups[warm_job] = warmup_config(base)
             where[warm_job] = (pair_name(pair), seed, WARMUP)
-            forks[warm_job] = []
             for arm in arm_names:
-                job = f"{pair_name(pair)}/seed{seed}/{arm}"
-                forks[warm_job].append((job, arm_config(base, arm)))
+                *stages, cfg = fork_chain(base, arm)
+                parent = warm_job
+                if len(stages) > 1:  # the L_DD stem: one job, shared by the arms forked from it
+                    stem_job = f"{prefix}/until epoch {stages[1].epochs} without L_DD"
+                    if stem_job not in forks:
+                        forks.setdefault(parent, []).append((stem_job, stages[1]))
+                        forks[stem_job] = []
+                    parent = stem_job
+                job = f"{prefix}/{arm}"
+                forks.setdefault(parent, []).append((job, cfg))
                 where[job] = (pair_name(pair), seed, arm)
 
     start = time.perf_counter()
@@ -492,22 +577,25 @@ def run_ablation(
         rows.append({"pair": pair, "seed": seed, "arm": arm, "metrics": s["metrics"],
                      "key": s["key"], "run_dir": s["run_dir"], "reused": s["reused"],
                      "wall_s": s["wall_s"]})
-    trained = [r for r in rows if not r["reused"]]
+    trained = {job: s for job, s in summaries.items() if not s["reused"]}  # stems included
     results = {
         "preset": preset,
         "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
         "pairs": [pair_name(p) for p in pairs],
         "seeds": seeds,
         "arms": arm_names,
+        "threads": threads,
         "rows": rows,
         "timing": {
             "wall_s": round(wall, 1),
             "jobs": jobs,
             "threads_per_job": threads,
             "runs_trained": len(trained),
-            "runs_reused": len(rows) - len(trained),
-            "warmup_run_s": round(sum(r["wall_s"] for r in trained if r["arm"] == WARMUP), 1),
-            "arm_run_s": round(sum(r["wall_s"] for r in trained if r["arm"] != WARMUP), 1),
+            "runs_reused": len(summaries) - len(trained),
+            "warmup_run_s": round(sum(s["wall_s"] for job, s in trained.items()
+                                      if job in warmups), 1),
+            "arm_run_s": round(sum(s["wall_s"] for job, s in trained.items()
+                                   if job not in warmups), 1),
         },
     }
     if out is not None:
@@ -680,8 +768,11 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(flat)
+    threads = results.get("threads")
     title = (f"# Ablation: preset `{results['preset']}`, seeds {results['seeds']}"
-             + (f", overrides {results['overrides']}" if results["overrides"] else "") + "\n\n")
+             + (f", overrides {results['overrides']}" if results["overrides"] else "")
+             + (f", {threads} CPU thread{'s' if threads != 1 else ''} per run" if threads
+                else "") + "\n\n")
     text = title + ablation_table(results)
     if "IW" in results["arms"] and len(results["arms"]) > 1:
         text += "\n" + gain_table(results)
@@ -718,7 +809,9 @@ __all__ = [
     "cached_run",
     "code_version",
     "data_checksum",
+    "dd_stem",
     "default_cache_dir",
+    "fork_chain",
     "gain_table",
     "load_results",
     "pair_name",

@@ -838,16 +838,37 @@ def train(
         if domain.images is not None:
             domain.images = domain.images.to(device)
     summary = _data_summary(cfg, data)
-    eval_data = (data[0].eval_data, data[1].eval_data)
 
     ckpt, old_ks = None, None
     if resume and ckpt_path is not None and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        started = ckpt["config"].setdefault("threads", cfg.threads)  # None: an older run
+        if cfg.threads is None:  # a resumed run keeps the thread count it started with
+            cfg = cfg.replace(threads=started)
         _check_resume(ckpt, cfg, ckpt_path)
         old_ks = tuple(ckpt["config"]["ks"])
     elif init_from is not None:
         ckpt = load_checkpoint(init_from)
         _check_fork(ckpt, cfg, summary, Path(init_from))
+    if cfg.threads is None:
+        cfg = cfg.replace(threads=torch.get_num_threads())
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, out, ckpt, old_ks, init_from, data, summary, device, amp, workers,
+                    progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
+         old_ks: tuple[int, ...] | None, init_from: str | os.PathLike | None,
+         data: Sequence[DomainData], summary: dict[str, Any], device: torch.device, amp: bool,
+         workers: int, progress: bool) -> TrainResult:
+    """The body of ``train`` once the config, data and checkpoint are known (on
+    ``cfg.threads`` threads)."""
+    ckpt_path = out / CHECKPOINT if out is not None else None
+    eval_data = (data[0].eval_data, data[1].eval_data)
     state = _new_state(cfg, device, amp, pretrained=ckpt is None)
     if ckpt is None:  # the banks start as a key-encoder pass over each domain (official code)
         state.banks = [_encode(state.encoder_k, d, device, cfg.eval_batch_size, workers)[0]
