@@ -2,14 +2,16 @@
 #   make book   - the main job: generate the embedded data, execute every notebook, build _build/html
 #   make test   - the test command (.ci/run runs it): lint, notebook pairs, the unit tests on
 #                 1 and 2 threads with the CPU's own and with AVX2 kernels, notebooks under
-#                 nbmake and the whole book, both in the small-workload mode
+#                 nbmake and the whole book, both in the small-workload mode, and the GPU
+#                 check's dry run on the CPU
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ucdir-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint pairs unit unit-matrix nbmake book-smoke book check-rendered bench clean
+.PHONY: install test lint pairs unit unit-matrix nbmake book-smoke book check-rendered bench clean \
+        gpu-check gpu-check-dry
 
 install: $(STAMP)
 $(STAMP): pyproject.toml constraints-ci.txt
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m pip install -q -c constraints-ci.txt -e '.[dev,book]'
 	touch $@
 
-test: lint pairs unit-matrix nbmake book-smoke
+test: lint pairs unit-matrix nbmake book-smoke gpu-check-dry
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -49,6 +51,13 @@ book-smoke: install
 
 book: install
 	$(PY) tools/build_book.py
+
+# The GPU check (bench/gpu_check.py): on a GPU machine; CI runs its dry run on the CPU.
+gpu-check: install
+	$(PY) bench/gpu_check.py
+
+gpu-check-dry: install
+	$(PY) bench/gpu_check.py --dry-run
 
 check-rendered: install
 	$(PY) tools/render_check.py
