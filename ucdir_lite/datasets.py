@@ -54,14 +54,39 @@ def _domain_dir(root: str | os.PathLike, domain: str) -> Path:
     return folder
 
 
+_GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    """Grey levels in [0, 255] (float; out-of-range values clipped), rounded, as RGB."""
+    levels = np.floor(np.clip(grey, 0.0, 255.0) + 0.5).astype(np.uint8)
+    return Image.fromarray(np.repeat(levels[..., None], 3, axis=-1), "RGB")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composite onto white: a channel c of opacity a becomes 255 - (255 - c) a / 255."""
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+    alpha = rgba[..., 3:] / 255.0
+    rgb = 255.0 - (255.0 - rgba[..., :3]) * alpha
+    return Image.fromarray(np.floor(rgb + 0.5).astype(np.uint8), "RGB")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to RGB; transparent pixels (RGBA, LA, palette) become white."""
+    """Convert any PIL image to 8-bit RGB without losing its levels.
+
+    16-bit grey (``I;16*``, and ``I``, read as 16-bit) is scaled by 255/65535, float grey
+    (``F``) is read as [0, 1] and scaled by 255 (both clipped to their range), and
+    transparent pixels (RGBA, LA, PA, palette with transparency) are composited onto white.
+    Every other mode (CMYK, L, P, 1, YCbCr, ...) uses PIL's conversion."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in _GREY_16:
+        return _grey_to_rgb(np.asarray(img, dtype=np.float64) / 257.0)
+    if img.mode == "F":
+        return _grey_to_rgb(np.asarray(img, dtype=np.float64) * 255.0)
+    if img.mode in _ALPHA or (img.mode == "P" and "transparency" in img.info):
+        return _on_white(img)
     return img.convert("RGB")
 
 
