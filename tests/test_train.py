@@ -80,6 +80,8 @@ def test_config_round_trip_through_json():
         ({"epochs": 2.5}, "epochs=2.5 has the wrong type"),
         ({"cw": "yes"}, "cw='yes' has the wrong type; cw takes bool"),
         ({"ks": 5}, "ks=5 must be a list or tuple"),
+        ({"seed": -1}, "seed=-1 must be >= 0"),
+        ({"data_seed": -1}, "data_seed=-1 must be >= 0"),
     ],
 )
 def test_config_validation_names_the_value(overrides, match):

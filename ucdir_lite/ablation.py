@@ -518,6 +518,8 @@ def run_ablation(
     """
     pairs = [_parse_pair(p) for p in pairs]
     seeds = [int(s) for s in seeds]
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds (seeds=) {seeds}: a seed must be >= 0, e.g. --seeds 0 1 2")
     arm_names = list(ARMS) if arms is None else list(arms)
     for arm in arm_names:
         if arm not in ARMS:

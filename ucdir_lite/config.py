@@ -221,7 +221,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
         non_negative = ("warmup_epochs", "weight_decay", "momentum", "iw_weight", "cw_weight",
                         "cw_ramp_epochs", "se_weight", "dd_weight", "eval_every", "log_every",
-                        "conf_threshold")
+                        "conf_threshold", "seed", "data_seed")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
