@@ -31,6 +31,7 @@ import ast
 import concurrent.futures as cf
 import csv
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -55,7 +56,7 @@ from ucdir_lite.train import (
     loss_weights,
     train,
 )
-from ucdir_lite.utils import atomic_write_json
+from ucdir_lite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 WARMUP = "warm-up"
 """The name of the shared warm-up run in the results (not a row of the table by default)."""
@@ -765,11 +766,12 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
                           f"seed{row['seed']}" / f"{name}.json")
     flat = [_flat(r) for r in results["rows"]]
     fields = list(dict.fromkeys(f for r in flat for f in r))
-    (out / "rows.csv").parent.mkdir(parents=True, exist_ok=True)
-    with open(out / "rows.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(flat)
+    rows_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(rows_csv, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write(out / "rows.csv",
+                 lambda tmp: Path(tmp).write_text(rows_csv.getvalue(), newline=""))
     threads = results.get("threads")
     title = (f"# Ablation: preset `{results['preset']}`, seeds {results['seeds']}"
              + (f", overrides {results['overrides']}" if results["overrides"] else "")
@@ -778,14 +780,15 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
     text = title + ablation_table(results)
     if "IW" in results["arms"] and len(results["arms"]) > 1:
         text += "\n" + gain_table(results)
-    (out / "table.md").write_text(text)
+    atomic_write_text(text, out / "table.md")
     stable = {k: v for k, v in results.items() if k != "timing"}
     stable["rows"] = [{k: v for k, v in r.items() if k not in ("wall_s", "reused")}
                       for r in results["rows"]]
     atomic_write_json(stable, out / "results.json")
     atomic_write_json(results["timing"], out / "timing.json")
     fig = plot_ablation(results)
-    fig.savefig(out / "ablation.png", dpi=120, metadata={"Software": None})
+    atomic_write(out / "ablation.png", lambda tmp: fig.savefig(
+        tmp, format="png", dpi=120, metadata={"Software": None}))
     return out
 
 
