@@ -3,9 +3,19 @@ with exit code 1, and leaves nothing behind (issue 12); a bug keeps its tracebac
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 
+import ucdir_lite.ablation as ab
+from ucdir_lite._lock import FolderInUse
 from ucdir_lite.cli import main
+from ucdir_lite.config import get_preset
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +41,53 @@ def test_negative_seed_is_refused_before_anything_is_written(tmp_path, capsys):
                  str(tmp_path / "a"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 1
     assert "--seeds" in one_error_line(capsys)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------------------- 1: one writer
+
+HOLD = ("import sys, time\nfrom ucdir_lite._lock import folder_lock\n"
+        "with folder_lock(sys.argv[1], what='folder', hint='wait'):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+@contextmanager
+def held_by_another_process(folder: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding the lock of ``folder``; killed (-9) at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_writer_of_a_run_folder_gets_one_line_with_the_holders_pid(tmp_path, capsys):
+    out = tmp_path / "R"
+    argv = ["train", "--preset", "smoke", "--epochs", "1", "--out", str(out), "--no-progress"]
+    with held_by_another_process(out) as holder:
+        assert main(argv) == 1
+        err = one_error_line(capsys)
+        assert f"run folder '{out}' is in use by another process (PID {holder.pid})" in err
+        assert "--out" in err
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written
+    # the holder was killed (-9): the lock file it left does not block
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["epochs"] == 1
+
+
+def test_a_locked_run_cache_entry_is_refused_naming_its_holder(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    base = get_preset("smoke", domains=("clipart", "sketch"), seed=0, threads=1)
+    warm = ab.warmup_config(base)
+    run_dir = ab._run_dir(cache, warm, ab.run_key(warm))
+    with held_by_another_process(run_dir) as holder:
+        with pytest.raises(FolderInUse, match=rf"run-cache entry .* \(PID {holder.pid}\)"):
+            ab.train_cached(warm, cache, progress=False)
+        assert main(["ablate", "--preset", "smoke", "--pairs", "clipart:sketch", "--seeds",
+                     "0", "--arms", "IW", "--jobs", "1", "--set", "threads=1", "--cache-dir",
+                     str(cache), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+        assert f"(PID {holder.pid})" in one_error_line(capsys)
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    assert ab.train_cached(warm, cache, progress=False).config.seed == 0  # the lock is gone

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ucdir_lite.ablation as ab
+from ucdir_lite._lock import LOCK_FILE, folder_lock
 from ucdir_lite.utils import atomic_torch_save, atomic_write_json
 
 
@@ -42,3 +43,24 @@ def test_results_files_honour_the_umask(tmp_path, umask):
     assert {p.name for p in files} >= {"results.json", "timing.json", "rows.csv", "table.md",
                                        "ablation.png", "IW.json"}
     assert {p.name: _mode(p) for p in files} == {p.name: 0o666 & ~umask for p in files}
+
+
+def test_folder_lock_is_reentrant_and_removes_a_folder_it_created_on_failure(tmp_path):
+    folder = tmp_path / "run"
+    with folder_lock(folder, what="run folder", hint="wait") as locked:
+        with folder_lock(folder, what="run folder", hint="wait"):  # the same process: fine
+            pass
+        assert locked == folder and (folder / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert _mode(folder / LOCK_FILE) == 0o666 & ~umask
+    with pytest.raises(KeyError):
+        with folder_lock(tmp_path / "new", what="run folder", hint="wait"):
+            raise KeyError("failed at once")
+    assert not (tmp_path / "new").exists()
+    (folder / "kept.txt").write_text("x")
+    with pytest.raises(KeyError):
+        with folder_lock(folder, what="run folder", hint="wait"):
+            raise KeyError("an existing folder is left as it was")
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE, "kept.txt"]
+

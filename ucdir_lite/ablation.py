@@ -46,6 +46,7 @@ import torch
 
 import ucdir_lite
 from ucdir_lite import glyphs
+from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
 from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, TrainConfig, get_preset
 from ucdir_lite.train import (
@@ -316,25 +317,28 @@ def _train_cached(cfg: TrainConfig, cache_dir: str | os.PathLike | None,
     data = data_checksum(cfg, progress=progress)
     key = run_key(cfg, parent_key, data=data)
     run_dir = _run_dir(cache_dir, cfg, key)
-    marker = _finished_marker(run_dir, key)
-    finished = marker is not None
-    start = time.perf_counter()
-    if (run_dir / CHECKPOINT).is_file():  # finished (no training) or interrupted (continues)
-        result = train(cfg, run_dir, resume=True, progress=progress)
-    else:
-        result = train(cfg, run_dir, init_from=parent_ckpt, progress=progress)
-    if not finished:
-        marker = {
-            "key": key,
-            "finished": True,
-            "parent": parent_key,
-            "init_from": str(parent_ckpt) if parent_ckpt else None,
-            "code": code_version(),
-            "data": data,
-            "config": cfg.to_dict(),
-            "train_s": round(time.perf_counter() - start, 2),
-        }
-        atomic_write_json(marker, run_dir / MARKER)
+    with folder_lock(run_dir, what="run-cache entry", hint="another ablation or notebook "
+                     "is training it: wait for it to finish, or use another --cache-dir "
+                     "(cache_dir=)"):
+        marker = _finished_marker(run_dir, key)
+        finished = marker is not None
+        start = time.perf_counter()
+        if (run_dir / CHECKPOINT).is_file():  # finished (no training) or interrupted (continues)
+            result = train(cfg, run_dir, resume=True, progress=progress)
+        else:
+            result = train(cfg, run_dir, init_from=parent_ckpt, progress=progress)
+        if not finished:
+            marker = {
+                "key": key,
+                "finished": True,
+                "parent": parent_key,
+                "init_from": str(parent_ckpt) if parent_ckpt else None,
+                "code": code_version(),
+                "data": data,
+                "config": cfg.to_dict(),
+                "train_s": round(time.perf_counter() - start, 2),
+            }
+            atomic_write_json(marker, run_dir / MARKER)
     summary = {**marker, "metrics": result.metrics, "run_dir": str(run_dir),
                "reused": bool(finished), "wall_s": round(time.perf_counter() - start, 2)}
     return result, summary

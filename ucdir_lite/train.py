@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ucdir_lite import datasets as ds_lib
 from ucdir_lite import glyphs
+from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
 from ucdir_lite.clustering import kmeans, soft_assign, soft_centroids
 from ucdir_lite.config import TrainConfig, get_preset
@@ -819,14 +820,24 @@ def train(
     if resume and init_from is not None:
         raise ValueError("pass either resume=True or init_from=..., not both")
     out = Path(out_dir).expanduser() if out_dir is not None else None
+    if resume and out is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    if out is None:
+        return _train(cfg, None, resume, init_from, progress)
+    with folder_lock(out, what="run folder",
+                     hint="wait for it to finish, or choose another --out (out_dir=)"):
+        return _train(cfg, out, resume, init_from, progress)
+
+
+def _train(cfg: TrainConfig, out: Path | None, resume: bool,
+           init_from: str | os.PathLike | None, progress: bool) -> TrainResult:
+    """``train`` once its arguments are checked (and ``out``, if any, locked)."""
     ckpt_path = out / CHECKPOINT if out is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not resume:
         raise FileExistsError(
             f"{str(out)!r} already holds a run (checkpoint.pt); pass resume=True (--resume) to "
             "continue it, or choose another out_dir"
         )
-    if resume and out is None:
-        raise ValueError("resume=True needs the out_dir of the run to continue")
 
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
