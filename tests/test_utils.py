@@ -64,3 +64,14 @@ def test_folder_lock_is_reentrant_and_removes_a_folder_it_created_on_failure(tmp
             raise KeyError("an existing folder is left as it was")
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE, "kept.txt"]
 
+
+def test_a_failed_atomic_write_names_the_target_and_leaves_no_part(tmp_path, monkeypatch):
+    def refused(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(os, "replace", refused)
+    target = tmp_path / "config.json"
+    with pytest.raises(PermissionError) as info:
+        atomic_write_json({"a": 1}, target)
+    assert str(info.value) == f"[Errno 13] cannot write '{target}': Permission denied"
+    assert ".part" not in str(info.value) and list(tmp_path.iterdir()) == []

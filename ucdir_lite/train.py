@@ -25,6 +25,7 @@ Reference: Hu & Lee, ECCV 2022 (arXiv:2207.09721), and its official code.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -58,6 +59,7 @@ from ucdir_lite.metrics import retrieval_report
 from ucdir_lite.model import Encoder, build_encoder, momentum_update, split_batch_norm
 from ucdir_lite.transport import match_clusters
 from ucdir_lite.utils import (
+    PART_SUFFIX,
     atomic_torch_save,
     atomic_write_json,
     derive_seed,
@@ -824,19 +826,45 @@ def train(
         raise ValueError("resume=True needs the out_dir of the run to continue")
     if out is None:
         return _train(cfg, None, resume, init_from, progress)
+    if out.is_dir() and not os.access(out, os.W_OK):  # only a finished run can be read here
+        return _train(cfg, out, resume, init_from, progress, read_only=True)
     with folder_lock(out, what="run folder",
                      hint="wait for it to finish, or choose another --out (out_dir=)"):
+        _remove_stale_parts(out)
         return _train(cfg, out, resume, init_from, progress)
 
 
+def _remove_stale_parts(out: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed run left in ``out`` (called
+    under the folder's lock: no other writer is at work there)."""
+    for part in out.glob(f".*{PART_SUFFIX}"):
+        if part.is_file():
+            part.unlink()
+
+
 def _train(cfg: TrainConfig, out: Path | None, resume: bool,
-           init_from: str | os.PathLike | None, progress: bool) -> TrainResult:
+           init_from: str | os.PathLike | None, progress: bool,
+           read_only: bool = False) -> TrainResult:
     """``train`` once its arguments are checked (and ``out``, if any, locked)."""
     ckpt_path = out / CHECKPOINT if out is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not resume:
         raise FileExistsError(
             f"{str(out)!r} already holds a run (checkpoint.pt); pass resume=True (--resume) to "
             "continue it, or choose another out_dir"
+        )
+    ckpt, old_ks = None, None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        started = ckpt["config"].setdefault("threads", cfg.threads)  # None: an older run
+        if cfg.threads is None:  # a resumed run keeps the thread count it started with
+            cfg = cfg.replace(threads=started)
+        _check_resume(ckpt, cfg, ckpt_path)
+        old_ks = tuple(ckpt["config"]["ks"])
+    if read_only and not (ckpt is not None and ckpt["epoch"] >= cfg.epochs
+                          and old_ks == tuple(cfg.ks)):
+        raise PermissionError(
+            f"run folder {str(out)!r} is not writable; make it writable (chmod u+w) or "
+            "choose another --out (out_dir=)"
         )
 
     device = resolve_device(cfg.device)
@@ -850,15 +878,7 @@ def _train(cfg: TrainConfig, out: Path | None, resume: bool,
             domain.images = domain.images.to(device)
     summary = _data_summary(cfg, data)
 
-    ckpt, old_ks = None, None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        started = ckpt["config"].setdefault("threads", cfg.threads)  # None: an older run
-        if cfg.threads is None:  # a resumed run keeps the thread count it started with
-            cfg = cfg.replace(threads=started)
-        _check_resume(ckpt, cfg, ckpt_path)
-        old_ks = tuple(ckpt["config"]["ks"])
-    elif init_from is not None:
+    if ckpt is None and init_from is not None:
         ckpt = load_checkpoint(init_from)
         _check_fork(ckpt, cfg, summary, Path(init_from))
     if cfg.threads is None:
@@ -870,6 +890,17 @@ def _train(cfg: TrainConfig, out: Path | None, resume: bool,
                     progress)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _record(obj: Any, path: Path) -> None:
+    """Write ``obj`` as JSON to ``path`` unless the file holds it already (resuming a
+    finished run rewrites nothing)."""
+    try:
+        if json.loads(path.read_text()) == json.loads(json.dumps(obj)):
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(obj, path)
 
 
 def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
@@ -890,7 +921,8 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
         if init_from is not None:
             for entry in state.history:
                 entry.setdefault("inherited_from", str(init_from))
-    if out is not None:
+    trains = state.epoch < cfg.epochs  # else a finished run: nothing is rewritten
+    if out is not None and trains:
         atomic_write_json(cfg.to_dict(), out / "config.json")
 
     def run_evaluation() -> dict[str, Any]:
@@ -928,8 +960,10 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
         evaluated = [e["metrics"] for e in state.history if "metrics" in e]
         reuse = evaluated and (old_ks is None or old_ks == tuple(cfg.ks))
         metrics = evaluated[-1] if reuse else run_evaluation()
+        if out is not None and not reuse:  # re-evaluated with other ks: record them
+            atomic_write_json(cfg.to_dict(), out / "config.json")
     if out is not None:
-        atomic_write_json(metrics, out / "metrics.json")
+        _record(metrics, out / "metrics.json")
     state.encoder_k.eval()
     eval_sets = (data[0].eval_set, data[1].eval_set)
     return TrainResult(state.encoder_k, state.history, metrics, out, cfg, eval_sets)
