@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 import ucdir_lite.ablation as ab
 from ucdir_lite._lock import FolderInUse
 from ucdir_lite.cli import main
 from ucdir_lite.config import get_preset
+from ucdir_lite.train import FORMAT, build_model
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +93,52 @@ def test_a_locked_run_cache_entry_is_refused_naming_its_holder(tmp_path, capsys)
         assert f"(PID {holder.pid})" in one_error_line(capsys)
         assert [p.name for p in run_dir.iterdir()] == [".lock"]
     assert ab.train_cached(warm, cache, progress=False).config.seed == 0  # the lock is gone
+
+
+# ------------------------------------------------------------------------------- 3: one line
+
+
+def _fake_checkpoint(path: Path, drop: tuple[str, ...] = (), width: int = 8) -> Path:
+    """A checkpoint with the right format tag whose config says width 8 and whose tensors
+    are those of ``width``, without the keys in ``drop``."""
+    cfg = get_preset("smoke")
+    state = build_model(cfg.replace(width=width)).state_dict()
+    ckpt = {"format": FORMAT, "epoch": 1, "config": cfg.to_dict(), "data": {},
+            "encoder_q": state, "encoder_k": state, "banks": [], "optimizer": {},
+            "scaler": {}, "history": []}
+    torch.save({k: v for k, v in ckpt.items() if k not in drop}, path)
+    return path
+
+
+def test_a_checkpoint_with_missing_keys_is_one_line(tmp_path, capsys):
+    ckpt = _fake_checkpoint(tmp_path / "c.pt", drop=("encoder_k", "history"))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--no-progress"]) == 1
+    err = one_error_line(capsys)
+    assert f"checkpoint '{ckpt}' is incomplete (no encoder_k, history)" in err
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys):
+    ckpt = _fake_checkpoint(tmp_path / "c.pt", width=16)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--no-progress"]) == 1
+    err = one_error_line(capsys)
+    assert f"checkpoint '{ckpt}' does not fit the model its config describes" in err
+    assert "size mismatch for backbone" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    _fake_checkpoint(run / "checkpoint.pt", width=16)
+    assert main(["train", "--preset", "smoke", "--out", str(run), "--resume",
+                 "--no-progress"]) == 1
+    assert "does not fit the model its config describes" in one_error_line(capsys)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_device_mps_without_mps_is_one_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--preset", "smoke", "--device", "mps", "--out", str(out),
+                 "--no-progress"]) == 1
+    assert "device='mps' but MPS (Apple GPU) is not available here; use --device cpu" in (
+        one_error_line(capsys))
+    assert not out.exists()
+    ckpt = _fake_checkpoint(tmp_path / "c.pt")
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "mps"]) == 1
+    assert "MPS (Apple GPU) is not available" in one_error_line(capsys)

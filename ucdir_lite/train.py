@@ -28,6 +28,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ from ucdir_lite.utils import (
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "ucdir-lite-checkpoint-v1"
+# What every ucdir-lite checkpoint holds besides its format tag ("scaler" may be empty).
+CHECKPOINT_KEYS = ("epoch", "config", "data", "encoder_q", "encoder_k", "banks", "optimizer",
+                   "history")
 # Config fields that may change when resuming a run (they do not change what is learned).
 RESUMABLE = ("epochs", "eval_every", "log_every", "device", "num_workers", "eval_batch_size", "ks")
 # Config fields that a forked run (init_from) must share with its parent.
@@ -638,23 +642,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ``torch.load(weights_only=True)``). Raises FileNotFoundError / ValueError with the fix."""
     path = Path(path).expanduser()
     if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is a folder without a {CHECKPOINT}; pass a run folder (the "
+                f"--out of a train) or its {CHECKPOINT}"
+            )
         path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; pass a run folder or its checkpoint.pt"
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{str(path)!r} is not a loadable checkpoint ({type(err).__name__}: {err})"
-        ) from err
+    ckpt = _safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a ucdir-lite training checkpoint (no format {FORMAT!r}); "
-            "for backbone weights use TrainConfig(weights=path) instead"
+            "for backbone weights use --set weights=PATH (TrainConfig(weights=path)) instead"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is incomplete (no {', '.join(missing)}): it is damaged "
+            "or was not written by ucdir-lite train; pass the checkpoint.pt a run wrote"
         )
     return ckpt
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers, nothing that runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text would advise loading it unsafely
+        raise ValueError(
+            f"{str(path)!r} was refused: it holds Python objects, which loading would run, "
+            "not only tensors; it is not a ucdir-lite checkpoint, and only a file you trust "
+            "should ever be loaded that way"
+        ) from err
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(
+            f"{str(path)!r} is not a loadable checkpoint ({type(err).__name__}: {first})"
+        ) from err
+
+
+def _load_weights(module: nn.Module, state: dict[str, Any], path: str | os.PathLike,
+                  cfg: TrainConfig) -> None:
+    """``module.load_state_dict(state)``; a mismatch is a ValueError naming ``path``."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300]
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the model its config describes "
+            f"(arch={cfg.arch}, width={cfg.width}, feat_dim={cfg.feat_dim}): {detail}; it is "
+            "damaged or was edited: pass the checkpoint.pt a run wrote"
+        ) from err
+
+
+def _check_fits(ckpt: dict[str, Any], cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """The checkpoint's encoders load into the model ``cfg`` builds (before any data)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg.replace(weights=None))
+    for name in ("encoder_q", "encoder_k"):
+        _load_weights(model, ckpt[name], path, cfg)
 
 
 def _restore(state: _State, ckpt: dict[str, Any], device: torch.device, *, optimizer: bool) -> None:
@@ -674,7 +724,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> tuple[Encoder, Tra
     ckpt = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     encoder = build_model(cfg.replace(weights=None))
-    encoder.load_state_dict(ckpt["encoder_k"])
+    _load_weights(encoder, ckpt["encoder_k"], path, cfg)
     # the memory format training used: convolutions then sum in the same order
     return encoder.to(resolve_device(device), memory_format=torch.channels_last).eval(), cfg
 
@@ -859,6 +909,7 @@ def _train(cfg: TrainConfig, out: Path | None, resume: bool,
         if cfg.threads is None:  # a resumed run keeps the thread count it started with
             cfg = cfg.replace(threads=started)
         _check_resume(ckpt, cfg, ckpt_path)
+        _check_fits(ckpt, cfg, ckpt_path)
         old_ks = tuple(ckpt["config"]["ks"])
     if read_only and not (ckpt is not None and ckpt["epoch"] >= cfg.epochs
                           and old_ks == tuple(cfg.ks)):
@@ -881,6 +932,7 @@ def _train(cfg: TrainConfig, out: Path | None, resume: bool,
     if ckpt is None and init_from is not None:
         ckpt = load_checkpoint(init_from)
         _check_fork(ckpt, cfg, summary, Path(init_from))
+        _check_fits(ckpt, cfg, init_from)
     if cfg.threads is None:
         cfg = cfg.replace(threads=torch.get_num_threads())
     previous_threads = torch.get_num_threads()

@@ -34,7 +34,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device='cpu'")
+        raise ValueError(
+            f"device={name!r} but CUDA is not available here; use --device cpu (device='cpu')"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device={name!r} but MPS (Apple GPU) is not available here; use --device cpu "
+            "(device='cpu')"
+        )
     return device
 
 
