@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import ucdir_lite.ablation as ab
+from ucdir_lite import cli
 from ucdir_lite._lock import FolderInUse
 from ucdir_lite.cli import main
 from ucdir_lite.config import get_preset
@@ -142,3 +144,89 @@ def test_device_mps_without_mps_is_one_line(tmp_path, capsys):
     ckpt = _fake_checkpoint(tmp_path / "c.pt")
     assert main(["evaluate", "--checkpoint", str(ckpt), "--device", "mps"]) == 1
     assert "MPS (Apple GPU) is not available" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------------- 7: hints
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--out", "r"], "continue the run: the same command with --resume"),
+    (["ablate"], "run the same command again: finished runs are reused from the cache"),
+    (["data", "prepare", "office-home", "--root", "r"], "run the same command again"),
+])
+def test_ctrl_c_hints_name_what_each_command_can_do(argv, hint, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for name in ("cmd_train", "cmd_ablate", "cmd_data_prepare"):
+        monkeypatch.setattr(cli, name, interrupted)
+    assert main(argv) == 130
+    err = one_error_line(capsys)
+    assert hint in err
+    if argv[0] != "train":
+        assert "--resume" not in err
+
+
+def test_corrupt_image_hint_points_somewhere(tmp_path, capsys):
+    root = tmp_path / "data"
+    for domain in ("a", "b"):
+        for cls in ("x", "y"):
+            (root / domain / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / domain / cls / "1.png")
+    (root / "a" / "x" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    assert main(["train", "--preset", "smoke", "--data-root", str(root), "--domains", "a", "b",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 1
+    err = one_error_line(capsys)
+    assert "2.png" in err and "delete or replace the file" in err
+    assert "pass skip_bad_images=True" not in err
+
+
+def test_hints_name_the_cli_flags(tmp_path, capsys):
+    assert main(["train", "--preset", "smoke", "--out", str(tmp_path / "r"), "--resume",
+                 "--init-from", str(tmp_path / "x"), "--no-progress"]) == 1
+    err = one_error_line(capsys)
+    assert "--resume" in err and "--init-from" in err and "init_from=..." not in err
+    assert main(["ablate", "--preset", "smoke", "--set", "seed=3", "--out",
+                 str(tmp_path / "a")]) == 1
+    assert "--seeds" in one_error_line(capsys)
+    assert main(["ablate", "--preset", "smoke", "--set", "domains=clipart,sketch", "--out",
+                 str(tmp_path / "a")]) == 1
+    assert "--pairs" in one_error_line(capsys)
+    assert main(["ablate", "--preset", "smoke", "--jobs", "0", "--out",
+                 str(tmp_path / "a")]) == 1
+    assert "--jobs" in one_error_line(capsys)
+    assert main(["train", "--preset", "smoke", "--device", "cuda:0", "--out",
+                 str(tmp_path / "r")]) == 1 or torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        assert "use --device cpu" in one_error_line(capsys)
+
+
+def test_a_folder_where_a_file_is_expected_says_so(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["evaluate", "--checkpoint", str(folder)]) == 1
+    err = one_error_line(capsys)
+    assert f"'{folder}' is a folder without a checkpoint.pt" in err
+    assert main(["train", "--preset", "smoke", "--set", f"weights={folder}", "--out",
+                 str(tmp_path / "r"), "--no-progress"]) == 1
+    assert f"weights file '{folder}' is a folder, not a checkpoint file" in (
+        one_error_line(capsys))
+    assert main(["data", "prepare", "office-home", "--root", str(tmp_path / "oh"),
+                 "--archive", str(folder), "--no-progress"]) == 1
+    assert "is a folder, not the zip file" in one_error_line(capsys)
+
+
+class Payload:
+    """Any object that is not a tensor: loading it would run its class's code."""
+
+
+def test_a_refused_pickle_never_advises_weights_only_false(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "payload": Payload()}, evil)
+    assert main(["evaluate", "--checkpoint", str(evil)]) == 1
+    err = one_error_line(capsys)
+    assert "refused" in err and "weights_only=False" not in err and "weights_only" not in err
+    assert main(["train", "--preset", "smoke", "--set", f"weights={evil}", "--out",
+                 str(tmp_path / "r"), "--no-progress"]) == 1
+    err = one_error_line(capsys)
+    assert "weights_only=False" not in err

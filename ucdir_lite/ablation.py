@@ -466,7 +466,7 @@ class _Scheduler:
                         raise RuntimeError(
                             "a worker process of the ablation died. Worker processes are "
                             "spawned: a script that calls run_ablation(jobs>1) must do so under "
-                            "`if __name__ == '__main__':`; or pass jobs=1"
+                            "`if __name__ == '__main__':`; or pass --jobs 1 (jobs=1)"
                         ) from err
                     self._done(running.pop(future), summary, arms, todo)
 
@@ -534,13 +534,14 @@ def run_ablation(
     overrides = dict(overrides or {})
     for name in ("domains", "seed"):
         if name in overrides:
-            raise ValueError(f"overrides may not set {name!r}: pass pairs= / seeds= instead")
+            raise ValueError(f"--set {name}= (overrides={{{name!r}: ...}}) is not allowed: "
+                             "pass --pairs (pairs=) / --seeds (seeds=) instead")
     probe = get_preset(preset, **overrides)
     on_gpu = probe.device != "cpu" and torch.cuda.is_available()
     if jobs is None:
         jobs = 1 if on_gpu else 2
     if jobs < 1:
-        raise ValueError(f"jobs={jobs} must be >= 1")
+        raise ValueError(f"--jobs (jobs=) {jobs}: must be >= 1")
     if threads is None:
         threads = probe.threads
     if threads is None:

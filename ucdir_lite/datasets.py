@@ -32,6 +32,7 @@ CROP_SCALE = (0.2, 1.0)
 """Area fraction of MoCo v2's random resized crop, as in the official UCDIR code."""
 
 _HINT = "run `ucdir-lite data generate` for the built-in benchmark, or check --data-root"
+_SKIP_HINT = "in Python, DomainDataset(..., skip_bad_images=True) drops unreadable images"
 _DECODE_ERRORS = (
     OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError
 )
@@ -98,8 +99,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(img)
     except _DECODE_ERRORS as e:
         raise OSError(
-            f"cannot decode image {path}: {e}; delete or replace the file, or pass "
-            f"skip_bad_images=True"
+            f"cannot decode image {path}: {e}; delete or replace the file ({_SKIP_HINT})"
         ) from e
 
 
@@ -210,7 +210,7 @@ class DomainDataset(Dataset):
             else:
                 raise OSError(
                     f"corrupt or unreadable image {path} ({reason}); delete or replace the "
-                    f"file, or pass skip_bad_images=True"
+                    f"file ({_SKIP_HINT})"
                 )
         if bad:
             warnings.warn(f"skipped {len(bad)} unreadable image(s): {bad}", UserWarning,

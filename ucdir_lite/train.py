@@ -115,8 +115,8 @@ def data_root(cfg: TrainConfig, progress: bool = False) -> Path:
         if not root.is_dir():
             raise FileNotFoundError(
                 f"data_root {str(root)!r} does not exist; prepare it (e.g. `ucdir-lite data "
-                "prepare office-home --root ...`) or set data_root=None for the generated "
-                "benchmark"
+                "prepare office-home --root ...`) or leave out --data-root (data_root=None) for "
+                "the generated benchmark"
             )
         return root
     unknown = [d for d in cfg.domains if d not in glyphs.DOMAINS]
@@ -740,7 +740,7 @@ def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
         raise ValueError(
             f"cannot resume {str(path)!r} with a different config: {'; '.join(diffs)}. Resume "
             "with the same config (only " + ", ".join(RESUMABLE) + " may change), or start a "
-            "new run from it with init_from="
+            "new run from it with --init-from (init_from=)"
         )
 
 
@@ -750,13 +750,13 @@ def _check_fork(ckpt: dict[str, Any], cfg: TrainConfig, data: dict[str, Any], pa
                                                "generated"))
     if diffs:
         raise ValueError(
-            f"init_from checkpoint {str(path)!r} is incompatible with this config: "
+            f"--init-from (init_from=) checkpoint {str(path)!r} is incompatible with this config: "
             f"{'; '.join(diffs)}. Fork only from a run on the same data and model"
         )
     if int(ckpt["epoch"]) >= cfg.epochs:
         raise ValueError(
-            f"init_from checkpoint {str(path)!r} has already trained {ckpt['epoch']} epochs; "
-            f"set epochs larger than that (got epochs={cfg.epochs})"
+            f"--init-from (init_from=) checkpoint {str(path)!r} has already trained "
+            f"{ckpt['epoch']} epochs; set epochs larger than that (got epochs={cfg.epochs})"
         )
 
 
@@ -870,10 +870,12 @@ def train(
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
     if resume and init_from is not None:
-        raise ValueError("pass either resume=True or init_from=..., not both")
+        raise ValueError("pass either --resume (resume=True) or --init-from (init_from=), "
+                         "not both")
     out = Path(out_dir).expanduser() if out_dir is not None else None
     if resume and out is None:
-        raise ValueError("resume=True needs the out_dir of the run to continue")
+        raise ValueError("--resume (resume=True) needs the folder of the run to continue: "
+                         "--out (out_dir=)")
     if out is None:
         return _train(cfg, None, resume, init_from, progress)
     if out.is_dir() and not os.access(out, os.W_OK):  # only a finished run can be read here
@@ -899,8 +901,8 @@ def _train(cfg: TrainConfig, out: Path | None, resume: bool,
     ckpt_path = out / CHECKPOINT if out is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not resume:
         raise FileExistsError(
-            f"{str(out)!r} already holds a run (checkpoint.pt); pass resume=True (--resume) to "
-            "continue it, or choose another out_dir"
+            f"{str(out)!r} already holds a run (checkpoint.pt); pass --resume (resume=True) to "
+            "continue it, or choose another --out (out_dir=)"
         )
     ckpt, old_ks = None, None
     if resume and ckpt_path is not None and ckpt_path.exists():
