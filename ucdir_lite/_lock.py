@@ -73,17 +73,18 @@ def folder_lock(folder: str | os.PathLike, *, what: str, hint: str) -> Iterator[
     path. Raises ``FolderInUse`` naming the holder's PID, ``what`` and ``hint`` when another
     process holds it. A folder this block created is removed again if the block fails
     before writing anything else into it."""
-    folder = Path(folder).expanduser().absolute()
-    if folder in _held:
-        _held[folder] += 1
+    folder = Path(folder).expanduser()  # as given: messages name it as the user wrote it
+    key = folder.absolute()
+    if key in _held:
+        _held[key] += 1
         try:
             yield folder
         finally:
-            _held[folder] -= 1
+            _held[key] -= 1
         return
     created = not folder.exists()
     fd = _acquire(folder, what, hint)
-    _held[folder] = 1
+    _held[key] = 1
     try:
         yield folder
     except BaseException:
@@ -91,5 +92,5 @@ def folder_lock(folder: str | os.PathLike, *, what: str, hint: str) -> Iterator[
             _remove_if_only_the_lock(folder)
         raise
     finally:
-        del _held[folder]
+        del _held[key]
         os.close(fd)
