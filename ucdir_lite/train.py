@@ -691,7 +691,7 @@ def _load_weights(module: nn.Module, state: dict[str, Any], path: str | os.PathL
         module.load_state_dict(state)
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300].rstrip(".")
         raise ValueError(
             f"checkpoint {str(path)!r} does not fit the model its config describes "
             f"(arch={cfg.arch}, width={cfg.width}, feat_dim={cfg.feat_dim}): {detail}; it is "
