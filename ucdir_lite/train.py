@@ -852,7 +852,8 @@ def train(
     Args:
         cfg: a TrainConfig (or a preset name).
         out_dir: folder for checkpoint.pt (every epoch, atomically), config.json,
-            history.json and metrics.json; None keeps everything in memory.
+            history.json and metrics.json; None keeps everything in memory. One run at a
+            time: the folder is locked (``.lock``) while the run writes to it.
         resume: continue the run saved in ``out_dir`` (to the same result as an uninterrupted
             run); a finished run is returned as it is (re-evaluated only if ``ks`` changed);
             with no checkpoint there, start fresh. Without ``resume``, an ``out_dir`` that
@@ -866,6 +867,8 @@ def train(
     Raises:
         TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
         ValueError / FileNotFoundError / FileExistsError: bad config, data or out_dir.
+        FolderInUse: another process is running in ``out_dir`` (its PID is named).
+        PermissionError: ``out_dir`` is not writable and the run is not finished.
     """
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
