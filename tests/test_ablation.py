@@ -226,7 +226,7 @@ def test_rerun_reuses_every_run_and_gives_the_same_table(env, first, monkeypatch
 
 def test_train_cached_reuses_a_finished_run_without_training(env, first, monkeypatch):
     counter = CountingTrain(monkeypatch)
-    base = get_preset("smoke", domains=PAIR, seed=0)
+    base = get_preset("smoke", domains=PAIR, seed=0, threads=THREADS)  # the key holds it
     result = ab.train_arm(base, "CW", env / "cache", progress=False)
     assert counter.epochs == 0
     assert result.metrics["A->B"] == first["rows"][2]["metrics"]["A->B"]
@@ -292,9 +292,14 @@ def test_two_worker_processes_give_the_same_results(env, first):
 
 def test_cli_ablate_reuses_the_cache(env, first, capsys, monkeypatch):
     counter = CountingTrain(monkeypatch)
-    code = main(["ablate", "--preset", "smoke", "--pairs", "clipart:sketch", "--seeds", "0",
-                 "--jobs", "1", "--out", str(env / "out-cli"), "--cache-dir",
-                 str(env / "cache"), "--no-progress"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)  # --jobs 1 runs on this process's count, part of the key
+    try:
+        code = main(["ablate", "--preset", "smoke", "--pairs", "clipart:sketch", "--seeds", "0",
+                     "--jobs", "1", "--out", str(env / "out-cli"), "--cache-dir",
+                     str(env / "cache"), "--no-progress"])
+    finally:
+        torch.set_num_threads(before)
     assert code == 0 and counter.epochs == 0
     text = capsys.readouterr().out
     assert "| Full (official DoD) |" in text and "6 reused" in text

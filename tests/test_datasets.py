@@ -13,7 +13,9 @@ from ucdir_lite.datasets import (
     TwoViews,
     common_classes,
     eval_transform,
+    load_image,
     make_loader,
+    to_rgb,
     train_transform,
 )
 
@@ -96,6 +98,62 @@ def test_transparent_pixels_become_white(tmp_path):
         Image.fromarray(rgba, "RGBA").save(tmp_path / "d" / cls / "x.png")
     img = np.asarray(DomainDataset(tmp_path, "d")[0][0])
     assert (img[:2] == [255, 0, 0]).all() and (img[2:] == 255).all()
+
+
+# Every PIL mode becomes RGB with the pixel values computed here by hand: 16-bit grey scaled
+# by 255/65535 (v / 257), float grey in [0, 1] scaled by 255, CMYK as (255 - C)(255 - K) / 255,
+# and a pixel of opacity a composited onto white as 255 - (255 - c) a / 255 (all rounded).
+def _palette_image(transparency) -> Image.Image:
+    img = Image.new("P", (3, 1))
+    img.putpalette([10, 20, 30, 200, 100, 50, 0, 0, 0])
+    img.putdata([0, 1, 2])
+    img.info["transparency"] = transparency
+    return img
+
+
+MODE_CASES = {
+    "I;16": (lambda: Image.fromarray(np.array([[0, 257, 1000, 32896, 65535]], np.uint16)),
+             [0, 1, 4, 128, 255]),  # 1000 / 257 = 3.89
+    "I": (lambda: Image.fromarray(np.array([[0, 257, 1000, 65535, 70000, -5]], np.int32)),
+          [0, 1, 4, 255, 255, 0]),  # read as 16-bit, out-of-range values clipped
+    "F": (lambda: Image.fromarray(np.array([[0.0, 0.2, 0.25, 1.0, 1.5, -0.2]], np.float32)),
+          [0, 51, 64, 255, 255, 0]),  # 0.25 * 255 = 63.75
+    "CMYK": (lambda: Image.fromarray(np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [128, 0, 0, 128],
+                                                [0, 0, 0, 255]]], np.uint8), "CMYK"),
+             [[255, 255, 255], [0, 255, 255], [63, 127, 127], [0, 0, 0]]),  # 127 * 127 / 255
+    "P, one transparent index": (lambda: _palette_image(0),
+                                 [[255, 255, 255], [200, 100, 50], [0, 0, 0]]),
+    "P, alpha per index": (lambda: _palette_image(bytes([0, 255, 51])),
+                           [[255, 255, 255], [200, 100, 50], [204, 204, 204]]),  # 255 * 0.8
+    "LA": (lambda: Image.fromarray(np.array([[[100, 51], [0, 0], [7, 255]]], np.uint8), "LA"),
+           [224, 255, 7]),  # 255 - 155 * 0.2
+    "RGBA": (lambda: Image.fromarray(np.array([[[255, 0, 0, 255], [0, 0, 0, 0],
+                                                [0, 100, 255, 51]]], np.uint8), "RGBA"),
+             [[255, 0, 0], [255, 255, 255], [204, 224, 255]]),
+}
+
+
+@pytest.mark.parametrize("case", list(MODE_CASES))
+def test_every_pil_mode_converts_to_the_right_rgb(case):
+    make, expected = MODE_CASES[case]
+    img = make()
+    assert img.mode == case.split(",")[0]
+    rgb = to_rgb(img)
+    expected = np.array(expected, np.uint8)
+    if expected.ndim == 1:  # grey: the same value in the three channels
+        expected = np.repeat(expected[:, None], 3, axis=1)
+    assert rgb.mode == "RGB" and rgb.size == img.size
+    np.testing.assert_array_equal(np.asarray(rgb)[0], expected)
+
+
+def test_16_bit_png_keeps_its_grey_levels(tmp_path):
+    """A 16-bit greyscale ramp saved as PNG loads as a ramp (it used to load as white)."""
+    ramp = (np.arange(256, dtype=np.uint32) * 257).astype(np.uint16)[None, :]
+    path = tmp_path / "ramp.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as img:
+        assert img.mode in ("I;16", "I")
+    np.testing.assert_array_equal(np.asarray(load_image(path))[0, :, 0], np.arange(256))
 
 
 def test_in_memory_matches_lazy(glyph_root):

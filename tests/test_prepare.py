@@ -551,7 +551,7 @@ def test_prepare_office_home_wrong_archive(tmp_path):
     _office_home_zip(archive, domains=("Art", "Clipart", "Product"))
     with pytest.raises(ValueError, match="Real World"):
         prepare_office_home(tmp_path / "oh", archive=archive, progress=False)
-    assert list((tmp_path / "oh").iterdir()) == []
+    assert not (tmp_path / "oh").exists()  # a failed prepare leaves the disk as it found it
     with pytest.raises(ChecksumError, match="expected 0{32}"):
         prepare_office_home(tmp_path / "oh", archive=archive, md5="0" * 32, progress=False)
     assert archive.is_file()
@@ -602,3 +602,133 @@ def test_domainnet_script_with_local_server(server, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sketch").iterdir() if p.is_dir()) == [
         "whale", "zebra"]
     assert main([*args, "--base-url", f"{url}/nowhere", "--split", "test"]) == 1
+
+
+# ================================================================ bounds and leftovers
+def _deflated_zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def test_safe_extract_refuses_more_than_its_size_limit_before_writing(tmp_path):
+    archive = _make_zip(tmp_path / "a.zip", [("d/a.bin", os.urandom(3000)),
+                                             ("d/b.bin", os.urandom(3000))])
+    with pytest.raises(ValueError, match=r"a\.zip would unpack 6000 bytes, more than the "
+                       r"limit of 5000 bytes"):
+        safe_extract(archive, tmp_path / "work" / "out", max_bytes=5000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]  # nothing written
+    # the limit counts only the members selected
+    dest = safe_extract(archive, tmp_path / "out", max_bytes=5000,
+                        members=lambda name: name.endswith("a.bin"))
+    assert _tree(dest) == {"d", "d/a.bin", prepare.COMPLETE_MARKER}
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_safe_extract_refuses_a_compression_bomb(tmp_path, kind):
+    members = [("zeros.bin", bytes(2_000_000))]  # 2 MB that compress to about 2 KB
+    if kind == "zip":
+        archive = _deflated_zip(tmp_path / "bomb.zip", members)
+    else:
+        archive = _make_tar(tmp_path / "bomb.tar.gz", members)
+    assert archive.stat().st_size < 20_000
+    with pytest.raises(ValueError, match=rf"{archive.name} would unpack 2.0 MB from \d+ "
+                       r"bytes \(ratio \d+, more than the limit of 100\): a compression bomb"):
+        safe_extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
+
+
+def test_safe_extract_checks_free_disk_space_first(tmp_path, monkeypatch):
+    archive = _make_zip(tmp_path / "a.zip", GOOD)
+    usage = prepare.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(prepare.shutil, "disk_usage",
+                        lambda path: usage._replace(free=5))
+    with pytest.raises(OSError, match=r"a\.zip needs 9 bytes .* only 5 bytes are free"):
+        safe_extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
+
+
+def test_stated_limits_fit_the_real_archives():
+    assert prepare.OFFICE_HOME_MAX_BYTES > 1.1e9  # the real zip unpacks to ~1.1 GB
+    assert prepare.DOMAINNET_MAX_BYTES > 6e9  # the largest DomainNet domain: <= 6 GB
+    assert prepare.MAX_COMPRESSION_RATIO == 100  # JPEGs: ~1
+
+
+def test_a_partial_extraction_left_by_a_killed_run_is_removed(tmp_path):
+    archive = _make_zip(tmp_path / "a.zip", GOOD)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID no process has any more
+    stale = [tmp_path / f".out.partial-{dead.pid}-k2j3h4", tmp_path / ".out.partial-x7wq2m1c"]
+    for folder in stale:  # the second: the name an older version gave it
+        (folder / "top").mkdir(parents=True)
+        (folder / "top" / "a.txt").write_bytes(b"half")
+    alive = tmp_path / ".out.partial-1-abcdef"  # PID 1 is alive: another run at work
+    alive.mkdir()
+    dest = safe_extract(archive, tmp_path / "out")
+    assert (dest / "top" / "a.txt").read_bytes() == b"alpha"
+    assert not any(folder.exists() for folder in stale) and alive.is_dir()
+
+
+def _corrupt_member(archive: Path, data: bytes) -> None:
+    """Flip one byte of a stored member's data: its CRC no longer matches."""
+    raw = archive.read_bytes()
+    assert raw.count(data) == 1
+    archive.write_bytes(raw.replace(data, data[:-1] + bytes([data[-1] ^ 0xFF])))
+
+
+def test_a_corrupt_member_is_one_clear_error_and_leaves_nothing(tmp_path):
+    archive = _make_zip(tmp_path / "a.zip", [("top/a.txt", b"alpha-alpha-alpha")])
+    _corrupt_member(archive, b"alpha-alpha-alpha")
+    with pytest.raises(ValueError, match=r"a\.zip is damaged: member 'top/a\.txt' .*CRC.*"
+                       "download it again"):
+        safe_extract(archive, tmp_path / "work" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]  # no empty work/
+
+
+def _office_home_archive(tmp_path: Path) -> Path:
+    archive = tmp_path / "OfficeHomeDataset_10072016.zip"
+    _office_home_zip(archive)
+    return archive
+
+
+def test_failed_office_home_prepare_leaves_the_disk_as_it_found_it(tmp_path, monkeypatch):
+    archive = _office_home_archive(tmp_path)
+    root = tmp_path / "oh"
+    # an existing domain folder: refused before anything is extracted
+    (root / "Art").mkdir(parents=True)
+    (root / "Art" / "mine.jpg").write_bytes(b"user data")
+    with pytest.raises(ValueError, match=r"Art exists already"):
+        prepare_office_home(root, archive=archive, progress=False)
+    assert _tree(root) == {"Art", "Art/mine.jpg"}
+    # Ctrl-C mid-extract, into a root that did not exist
+    real_write = prepare._write_file
+
+    def interrupted(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_write_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_office_home(tmp_path / "new", archive=archive, progress=False)
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(prepare, "_write_file", real_write)
+    # a zip over the stated limit
+    monkeypatch.setattr(prepare, "OFFICE_HOME_MAX_BYTES", 1000)
+    with pytest.raises(ValueError, match="more than the limit of 1000 bytes"):
+        prepare_office_home(tmp_path / "new", archive=archive, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_damaged_office_home_zip_leaves_nothing(tmp_path):
+    archive = tmp_path / "OfficeHomeDataset_10072016.zip"
+    _make_zip(archive, [("OfficeHomeDataset_10072016/Art/Bike/1.jpg", b"jpeg-bytes-here")])
+    _corrupt_member(archive, b"jpeg-bytes-here")
+    with pytest.raises(ValueError, match="is damaged"):
+        prepare_office_home(tmp_path / "oh", archive=archive, progress=False)
+    assert not (tmp_path / "oh").exists()
+
+
+def test_an_archive_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(ValueError, match=r"is a folder, not the zip file"):
+        prepare_office_home(tmp_path / "oh", archive=tmp_path, progress=False)
+    assert not (tmp_path / "oh").exists()

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +82,8 @@ def test_config_round_trip_through_json():
         ({"epochs": 2.5}, "epochs=2.5 has the wrong type"),
         ({"cw": "yes"}, "cw='yes' has the wrong type; cw takes bool"),
         ({"ks": 5}, "ks=5 must be a list or tuple"),
+        ({"seed": -1}, "seed=-1 must be >= 0"),
+        ({"data_seed": -1}, "data_seed=-1 must be >= 0"),
     ],
 )
 def test_config_validation_names_the_value(overrides, match):
@@ -425,3 +429,60 @@ def test_resume_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     assert seen == [1] and result.config.threads == 1
     assert json.loads((out / "config.json").read_text())["threads"] == 1
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def _files(out):
+    """Each file of a run folder with its modification time, the lock file aside."""
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"}
+
+
+def test_resuming_a_finished_run_writes_nothing(tmp_path, monkeypatch):
+    out, cfg = tmp_path / "run", smoke(epochs=1, warmup_epochs=1)
+    first = train(cfg, out, progress=False)
+    before = _files(out)
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("a finished run must not be rewritten")
+
+    monkeypatch.setattr(train_mod, "atomic_write_json", no_write)
+    monkeypatch.setattr(train_mod, "atomic_torch_save", no_write)
+    assert train(cfg, out, resume=True, progress=False).metrics == first.metrics
+    assert _files(out) == before
+
+
+def test_a_stale_part_file_from_a_killed_write_is_removed(tmp_path):
+    out, cfg = tmp_path / "run", smoke(epochs=1, warmup_epochs=1)
+    out.mkdir()
+    stale = [out / ".checkpoint.pt.0123abcd.part", out / ".config.json.k2_x9q.part"]
+    for path in stale:
+        path.write_bytes(b"half a file")  # a run killed (-9) while writing
+    train(cfg, out, progress=False)
+    train(cfg, out, resume=True, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert not list(out.glob("*.part")) and not list(out.glob(".*.part"))
+
+
+def test_a_read_only_run_folder_is_read_and_refused_before_the_data(tmp_path, monkeypatch):
+    out, cfg = tmp_path / "run", smoke(epochs=1, warmup_epochs=1)
+    first = train(cfg, out, progress=False)
+    before = _files(out)
+    real_access = os.access
+
+    def access(path, mode, **kwargs):  # the tests run as root, who may write anywhere
+        return False if Path(path) == out and mode & os.W_OK else real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    # a finished run is read as it is
+    assert train(cfg, out, resume=True, progress=False).metrics == first.metrics
+    assert _files(out) == before
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the folder is checked before any data is loaded")
+
+    monkeypatch.setattr(train_mod, "build_data", no_data)
+    with pytest.raises(PermissionError, match=f"run folder '{out}' is not writable.*--out"):
+        train(cfg.replace(epochs=2), out, resume=True, progress=False)
+    assert _files(out) == before

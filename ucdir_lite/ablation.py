@@ -31,6 +31,7 @@ import ast
 import concurrent.futures as cf
 import csv
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -45,6 +46,7 @@ import torch
 
 import ucdir_lite
 from ucdir_lite import glyphs
+from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
 from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, TrainConfig, get_preset
 from ucdir_lite.train import (
@@ -55,7 +57,7 @@ from ucdir_lite.train import (
     loss_weights,
     train,
 )
-from ucdir_lite.utils import atomic_write_json
+from ucdir_lite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 WARMUP = "warm-up"
 """The name of the shared warm-up run in the results (not a row of the table by default)."""
@@ -315,25 +317,28 @@ def _train_cached(cfg: TrainConfig, cache_dir: str | os.PathLike | None,
     data = data_checksum(cfg, progress=progress)
     key = run_key(cfg, parent_key, data=data)
     run_dir = _run_dir(cache_dir, cfg, key)
-    marker = _finished_marker(run_dir, key)
-    finished = marker is not None
-    start = time.perf_counter()
-    if (run_dir / CHECKPOINT).is_file():  # finished (no training) or interrupted (continues)
-        result = train(cfg, run_dir, resume=True, progress=progress)
-    else:
-        result = train(cfg, run_dir, init_from=parent_ckpt, progress=progress)
-    if not finished:
-        marker = {
-            "key": key,
-            "finished": True,
-            "parent": parent_key,
-            "init_from": str(parent_ckpt) if parent_ckpt else None,
-            "code": code_version(),
-            "data": data,
-            "config": cfg.to_dict(),
-            "train_s": round(time.perf_counter() - start, 2),
-        }
-        atomic_write_json(marker, run_dir / MARKER)
+    with folder_lock(run_dir, what="run-cache entry", hint="another ablation or notebook "
+                     "is training it: wait for it to finish, or use another --cache-dir "
+                     "(cache_dir=)"):
+        marker = _finished_marker(run_dir, key)
+        finished = marker is not None
+        start = time.perf_counter()
+        if (run_dir / CHECKPOINT).is_file():  # finished (no training) or interrupted (continues)
+            result = train(cfg, run_dir, resume=True, progress=progress)
+        else:
+            result = train(cfg, run_dir, init_from=parent_ckpt, progress=progress)
+        if not finished:
+            marker = {
+                "key": key,
+                "finished": True,
+                "parent": parent_key,
+                "init_from": str(parent_ckpt) if parent_ckpt else None,
+                "code": code_version(),
+                "data": data,
+                "config": cfg.to_dict(),
+                "train_s": round(time.perf_counter() - start, 2),
+            }
+            atomic_write_json(marker, run_dir / MARKER)
     summary = {**marker, "metrics": result.metrics, "run_dir": str(run_dir),
                "reused": bool(finished), "wall_s": round(time.perf_counter() - start, 2)}
     return result, summary
@@ -461,7 +466,7 @@ class _Scheduler:
                         raise RuntimeError(
                             "a worker process of the ablation died. Worker processes are "
                             "spawned: a script that calls run_ablation(jobs>1) must do so under "
-                            "`if __name__ == '__main__':`; or pass jobs=1"
+                            "`if __name__ == '__main__':`; or pass --jobs 1 (jobs=1)"
                         ) from err
                     self._done(running.pop(future), summary, arms, todo)
 
@@ -518,6 +523,8 @@ def run_ablation(
     """
     pairs = [_parse_pair(p) for p in pairs]
     seeds = [int(s) for s in seeds]
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds (seeds=) {seeds}: a seed must be >= 0, e.g. --seeds 0 1 2")
     arm_names = list(ARMS) if arms is None else list(arms)
     for arm in arm_names:
         if arm not in ARMS:
@@ -527,13 +534,14 @@ def run_ablation(
     overrides = dict(overrides or {})
     for name in ("domains", "seed"):
         if name in overrides:
-            raise ValueError(f"overrides may not set {name!r}: pass pairs= / seeds= instead")
+            raise ValueError(f"--set {name}= (overrides={{{name!r}: ...}}) is not allowed: "
+                             "pass --pairs (pairs=) / --seeds (seeds=) instead")
     probe = get_preset(preset, **overrides)
     on_gpu = probe.device != "cpu" and torch.cuda.is_available()
     if jobs is None:
         jobs = 1 if on_gpu else 2
     if jobs < 1:
-        raise ValueError(f"jobs={jobs} must be >= 1")
+        raise ValueError(f"--jobs (jobs=) {jobs}: must be >= 1")
     if threads is None:
         threads = probe.threads
     if threads is None:
@@ -763,11 +771,12 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
                           f"seed{row['seed']}" / f"{name}.json")
     flat = [_flat(r) for r in results["rows"]]
     fields = list(dict.fromkeys(f for r in flat for f in r))
-    (out / "rows.csv").parent.mkdir(parents=True, exist_ok=True)
-    with open(out / "rows.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(flat)
+    rows_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(rows_csv, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write(out / "rows.csv",
+                 lambda tmp: Path(tmp).write_text(rows_csv.getvalue(), newline=""))
     threads = results.get("threads")
     title = (f"# Ablation: preset `{results['preset']}`, seeds {results['seeds']}"
              + (f", overrides {results['overrides']}" if results["overrides"] else "")
@@ -776,14 +785,15 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
     text = title + ablation_table(results)
     if "IW" in results["arms"] and len(results["arms"]) > 1:
         text += "\n" + gain_table(results)
-    (out / "table.md").write_text(text)
+    atomic_write_text(text, out / "table.md")
     stable = {k: v for k, v in results.items() if k != "timing"}
     stable["rows"] = [{k: v for k, v in r.items() if k not in ("wall_s", "reused")}
                       for r in results["rows"]]
     atomic_write_json(stable, out / "results.json")
     atomic_write_json(results["timing"], out / "timing.json")
     fig = plot_ablation(results)
-    fig.savefig(out / "ablation.png", dpi=120, metadata={"Software": None})
+    atomic_write(out / "ablation.png", lambda tmp: fig.savefig(
+        tmp, format="png", dpi=120, metadata={"Software": None}))
     return out
 
 

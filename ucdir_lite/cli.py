@@ -283,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can do after Ctrl-C, per command (only train has --resume).
+INTERRUPTED = {
+    "train": "continue the run: the same command with --resume",
+    "ablate": "run the same command again: finished runs are reused from the cache, an "
+              "interrupted one continues",
+    "data": "run the same command again (nothing half-written is kept; a download resumes)",
+}
+
+
 def _user_error(err: BaseException) -> bool:
     """True for the errors a user can fix, reported in one line; other RuntimeErrors are bugs
     and keep their traceback. ``train`` (and torch) is imported only by the commands that
@@ -308,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted (a run continues with --resume)", file=sys.stderr)
+        hint = INTERRUPTED.get(args.command)
+        print(f"{PROG}: error: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

@@ -221,7 +221,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
         non_negative = ("warmup_epochs", "weight_decay", "momentum", "iw_weight", "cw_weight",
                         "cw_ramp_epochs", "se_weight", "dd_weight", "eval_every", "log_every",
-                        "conf_threshold")
+                        "conf_threshold", "seed", "data_seed")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
@@ -257,7 +257,7 @@ class TrainConfig:
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"num_workers={self.num_workers!r} must be >= 0 or None")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ValueError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+            raise ValueError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
     # --- schedule (pure functions of the epoch) ---
     def cw_weight_at(self, epoch: int) -> float:

@@ -32,6 +32,7 @@ CROP_SCALE = (0.2, 1.0)
 """Area fraction of MoCo v2's random resized crop, as in the official UCDIR code."""
 
 _HINT = "run `ucdir-lite data generate` for the built-in benchmark, or check --data-root"
+_SKIP_HINT = "in Python, DomainDataset(..., skip_bad_images=True) drops unreadable images"
 _DECODE_ERRORS = (
     OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError
 )
@@ -54,14 +55,39 @@ def _domain_dir(root: str | os.PathLike, domain: str) -> Path:
     return folder
 
 
+_GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    """Grey levels in [0, 255] (float; out-of-range values clipped), rounded, as RGB."""
+    levels = np.floor(np.clip(grey, 0.0, 255.0) + 0.5).astype(np.uint8)
+    return Image.fromarray(np.repeat(levels[..., None], 3, axis=-1), "RGB")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composite onto white: a channel c of opacity a becomes 255 - (255 - c) a / 255."""
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+    alpha = rgba[..., 3:] / 255.0
+    rgb = 255.0 - (255.0 - rgba[..., :3]) * alpha
+    return Image.fromarray(np.floor(rgb + 0.5).astype(np.uint8), "RGB")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to RGB; transparent pixels (RGBA, LA, palette) become white."""
+    """Convert any PIL image to 8-bit RGB without losing its levels.
+
+    16-bit grey (``I;16*``, and ``I``, read as 16-bit) is scaled by 255/65535, float grey
+    (``F``) is read as [0, 1] and scaled by 255 (both clipped to their range), and
+    transparent pixels (RGBA, LA, PA, palette with transparency) are composited onto white.
+    Every other mode (CMYK, L, P, 1, YCbCr, ...) uses PIL's conversion."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in _GREY_16:
+        return _grey_to_rgb(np.asarray(img, dtype=np.float64) / 257.0)
+    if img.mode == "F":
+        return _grey_to_rgb(np.asarray(img, dtype=np.float64) * 255.0)
+    if img.mode in _ALPHA or (img.mode == "P" and "transparency" in img.info):
+        return _on_white(img)
     return img.convert("RGB")
 
 
@@ -73,8 +99,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(img)
     except _DECODE_ERRORS as e:
         raise OSError(
-            f"cannot decode image {path}: {e}; delete or replace the file, or pass "
-            f"skip_bad_images=True"
+            f"cannot decode image {path}: {e}; delete or replace the file ({_SKIP_HINT})"
         ) from e
 
 
@@ -185,7 +210,7 @@ class DomainDataset(Dataset):
             else:
                 raise OSError(
                     f"corrupt or unreadable image {path} ({reason}); delete or replace the "
-                    f"file, or pass skip_bad_images=True"
+                    f"file ({_SKIP_HINT})"
                 )
         if bad:
             warnings.warn(f"skipped {len(bad)} unreadable image(s): {bad}", UserWarning,

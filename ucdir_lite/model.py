@@ -215,6 +215,11 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Modul
     without a head (a bare backbone) leaves the head at its initialisation. Returns ``model``.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(
+            f"backbone weights file {str(path)!r} is a folder, not a checkpoint file; pass the "
+            "path of the .pth/.pt file (--set weights=PATH)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone weights file {str(path)!r} does not exist; pass the path of a local "

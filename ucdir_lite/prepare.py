@@ -21,19 +21,22 @@ https://www.hemanthdv.org/officeHomeDataset.html).
 from __future__ import annotations
 
 import difflib
+import functools
+import glob
 import hashlib
 import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +125,16 @@ OFFICE_HOME_HINT = (
     f"Download the zip there by hand, then pass archive=PATH "
     f"(or: python data_scripts/prepare_office_home.py ROOT --archive PATH)."
 )
+
+GB = 10**9
+OFFICE_HOME_MAX_BYTES = 2 * GB
+"""The most ``prepare_office_home`` unpacks: its zip holds about 1.1 GB of JPEGs."""
+DOMAINNET_MAX_BYTES = 8 * GB
+"""The most ``prepare_domainnet`` unpacks per domain: the largest (real) holds <= 6 GB."""
+MAX_COMPRESSION_RATIO = 100
+"""Unpacked size over packed size above which an archive is refused as a compression bomb
+(image archives barely compress: about 1). Not checked below ``RATIO_FLOOR`` unpacked."""
+RATIO_FLOOR = 1 << 20
 
 COMPLETE_MARKER = ".complete"  # written last into a finished extraction
 SUBSET_MARKER = ".ucdir-lite-subset.json"  # inside root/<domain>/ built by prepare_domainnet
@@ -381,17 +394,136 @@ def _tar_members(tf: tarfile.TarFile) -> list[_Member]:
     return members
 
 
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error)
+
+
+def _damaged(archive: Path, err: BaseException, member: str | None = None) -> ValueError:
+    where = f"member {member!r} cannot be read" if member else "it cannot be read"
+    return ValueError(f"{archive.name} is damaged: {where} ({err}); download it again")
+
+
 @contextmanager
 def _open_archive(archive: Path) -> Iterator[tuple[list[_Member], Callable[[_Member], IO]]]:
     """Yield the checked members of a zip or tar archive and a function opening one."""
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            yield _zip_members(zf), lambda m: zf.open(m.handle)
+        opened = zipfile.ZipFile
+        listing = _zip_members
+
+        def open_member(zf, m):
+            return zf.open(m.handle)
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive, "r:*") as tf:
-            yield _tar_members(tf), lambda m: tf.extractfile(m.handle)
+        opened = functools.partial(tarfile.open, mode="r:*")
+        listing = _tar_members
+
+        def open_member(tf, m):
+            return tf.extractfile(m.handle)
     else:
         raise ValueError(f"{archive} is neither a zip nor a tar archive")
+    try:
+        handle = opened(archive)
+    except _DAMAGED as err:
+        raise _damaged(archive, err) from err
+    with handle:
+        try:
+            members = listing(handle)
+        except _DAMAGED as err:
+            raise _damaged(archive, err) from err
+        yield members, functools.partial(open_member, handle)
+
+
+def _packed_size(archive: Path, members: list[_Member]) -> int:
+    """Bytes the members take in the archive (a tar: the whole compressed file)."""
+    if members and isinstance(members[0].handle, zipfile.ZipInfo):
+        return sum(m.handle.compress_size for m in members)
+    return archive.stat().st_size
+
+
+def _unpacked_size(members: list[_Member]) -> int:
+    return sum(m.handle.file_size if isinstance(m.handle, zipfile.ZipInfo) else m.handle.size
+               for m in members if not m.is_dir)
+
+
+def _size(n: float) -> str:
+    if n < 10**6:
+        return f"{int(n)} bytes"
+    return f"{n / 10**6:.1f} MB" if n < GB else f"{n / GB:.2f} GB"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_bounds(archive: Path, members: list[_Member], dest: Path, max_bytes: int,
+                  max_ratio: float) -> None:
+    """Refuse, before writing anything, to unpack more than ``max_bytes``, more than
+    ``max_ratio`` times the packed size, or more than the free space where ``dest`` goes."""
+    total, packed = _unpacked_size(members), _packed_size(archive, members)
+    if total > max_bytes:
+        raise ValueError(
+            f"{archive.name} would unpack {_size(total)}, more than the limit of "
+            f"{_size(max_bytes)}; it is not the expected archive: check the file"
+        )
+    if total > RATIO_FLOOR and total > max_ratio * max(packed, 1):
+        raise ValueError(
+            f"{archive.name} would unpack {_size(total)} from {_size(packed)} (ratio "
+            f"{total // max(packed, 1)}, more than the limit of {max_ratio:g}): a compression "
+            "bomb, not an image archive; check the file"
+        )
+    where = _existing_ancestor(dest.parent)
+    free = shutil.disk_usage(where).free
+    if total > free:
+        raise OSError(
+            f"{archive.name} needs {_size(total)} unpacked but only {_size(free)} are free "
+            f"on {where}; free some space or choose another root (--root)"
+        )
+
+
+_PARTIAL = ".partial-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _partial_dir(target: Path) -> Path:
+    """A new hidden folder ``.<target>.partial-<pid>-<random>`` beside ``target`` (mode:
+    the umask's), after deleting those a killed run left (their PID is gone; older
+    versions put no PID in the name)."""
+    prefix = f".{target.name}{_PARTIAL}"
+    for folder in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix):].split("-")[0]
+        if folder.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+    while True:
+        tmp = target.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(3)}")
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, innermost first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is empty: those a failed call made."""
+    for folder in folders:
+        _remove_if_empty(folder)
 
 
 def _write_file(source: IO, target: Path) -> None:
@@ -405,6 +537,8 @@ def safe_extract(
     *,
     members: Callable[[str], bool] | None = None,
     progress: bool = False,
+    max_bytes: int = DOMAINNET_MAX_BYTES,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
 ) -> Path:
     """Extract a .zip or .tar(.gz/.bz2/.xz) archive into ``dest``, safely and atomically.
 
@@ -412,11 +546,14 @@ def safe_extract(
     component, a Windows drive letter, a symbolic or hard link, or a device file,
     FIFO or socket rejects the whole archive with ``UnsafeArchiveError`` naming the
     member. The members are written into a hidden temporary folder next to ``dest``
-    (``.<dest name>.partial-*``), a ``.complete`` marker is written last, and the
+    (``.<dest name>.partial-<pid>-*``), a ``.complete`` marker is written last, and the
     folder is renamed to ``dest``: an interrupted or failed run removes the temporary
-    folder and leaves no half-extracted ``dest`` (after a hard kill the hidden folder
-    may remain; it is safe to delete). Re-running when ``dest/.complete`` exists does
-    nothing.
+    folder (and the parent folders it created) and leaves no half-extracted ``dest``;
+    the folder a hard kill leaves is removed by the next run. Before writing anything,
+    the archive is refused if its listing unpacks more than ``max_bytes``, more than
+    ``max_ratio`` times its packed size, or more than the free disk space. A member
+    that cannot be read (bad CRC) is a ``ValueError`` naming it. Re-running when
+    ``dest/.complete`` exists does nothing.
 
     Args:
         archive: the archive file.
@@ -426,6 +563,9 @@ def safe_extract(
             for which it is true are written (all are still checked). ``dest`` then
             holds that selection; the marker does not record the predicate.
         progress: show a tqdm bar over the members.
+        max_bytes: the most the selected members may unpack to (default: a DomainNet
+            domain's bound, ``DOMAINNET_MAX_BYTES``).
+        max_ratio: the largest unpacked / packed size (``MAX_COMPRESSION_RATIO``).
 
     Returns:
         ``Path(dest)``.
@@ -442,25 +582,38 @@ def safe_extract(
         )
     with _open_archive(archive) as (checked, open_member):
         selected = [m for m in checked if members is None or members(m.name)]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+        _check_bounds(archive, selected, dest, max_bytes, max_ratio)
+        created = _missing_folders(dest.parent)
+        tmp = None
         try:
-            for member in tqdm(selected, desc=archive.name, unit="file", disable=not progress):
-                target = tmp.joinpath(*member.name.split("/"))
-                if member.is_dir:
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open_member(member) as source:
-                    _write_file(source, target)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _partial_dir(dest)
+            _write_members(archive, selected, tmp, open_member, progress)
             (tmp / COMPLETE_MARKER).write_text(json.dumps({"archive": archive.name}) + "\n")
             if dest.exists():
                 dest.rmdir()  # an empty folder, checked above
             os.rename(tmp, dest)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(created)
             raise
     return dest
+
+
+def _write_members(archive: Path, selected: list[_Member], tmp: Path,
+                   open_member: Callable[[_Member], IO], progress: bool) -> None:
+    for member in tqdm(selected, desc=archive.name, unit="file", disable=not progress):
+        target = tmp.joinpath(*member.name.split("/"))
+        if member.is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open_member(member) as source:
+                _write_file(source, target)
+        except _DAMAGED as err:
+            raise _damaged(archive, err, member.name) from err
 
 
 # =========================================================================== DomainNet
@@ -472,8 +625,11 @@ def _selection_tag(classes: Sequence[str] | None) -> str:
 
 def _archive_classes(archive: Path, domain: str) -> set[str]:
     """Class folders ``<domain>/<class>/`` present in a DomainNet zip (names only)."""
-    with zipfile.ZipFile(archive) as zf:
-        names = [n.replace("\\", "/") for n in zf.namelist()]
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n.replace("\\", "/") for n in zf.namelist()]
+    except _DAMAGED as err:
+        raise _damaged(archive, err) from err
     found = {n.split("/")[1] for n in names if n.startswith(f"{domain}/") and n.count("/") >= 2}
     if not found:
         raise ValueError(
@@ -535,7 +691,7 @@ def _build_subset(
     domain: str, record: dict,
 ) -> None:
     """Hard-link (or copy) ``source/<class>/*`` into ``target/<class>/``, atomically."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp = _partial_dir(target)
     old = None
     try:
         for name in classes:
@@ -651,7 +807,7 @@ def prepare_domainnet(
         extracted = safe_extract(
             zip_path, root / EXTRACT_DIR / f"{domain}-{_selection_tag(classes)}",
             members=_class_filter(domain, chosen),
-            progress=progress,
+            progress=progress, max_bytes=DOMAINNET_MAX_BYTES,
         )
         keep = None
         if split is not None:
@@ -680,6 +836,84 @@ def _office_home_source(extracted: Path) -> Path | None:
         ):
             return folder
     return None
+
+
+def _office_home_archive(archive: Path, md5: str | None) -> Path:
+    """``archive`` checked: an existing file, with the expected MD5 if one is given."""
+    if archive.is_dir():
+        raise ValueError(
+            f"archive {str(archive)!r} is a folder, not the zip file; pass the path of "
+            f"{OFFICE_HOME_FOLDER}.zip (--archive)"
+        )
+    if not archive.is_file():
+        raise FileNotFoundError(f"archive {str(archive)!r} does not exist. {OFFICE_HOME_HINT}")
+    mismatch = _checksum_mismatch(archive, _expected_checksums(md5, None))
+    if mismatch is not None:
+        raise ChecksumError(
+            f"{archive.name}: md5 mismatch: expected {mismatch[1]}, got {mismatch[2]}; "
+            f"download it again from {OFFICE_HOME_PAGE}"
+        )
+    return archive
+
+
+def _download_office_home(url: str, root: Path, md5: str | None, progress: bool) -> Path:
+    archive = download(
+        url, root / ARCHIVE_DIR / f"{OFFICE_HOME_FOLDER}.zip", md5=md5, progress=progress
+    )
+    if not zipfile.is_zipfile(archive):
+        archive.unlink()
+        raise ValueError(
+            f"{url} did not serve a zip file (Google Drive serves an HTML confirmation "
+            f"page for large files): url must be a direct link to the zip. "
+            + OFFICE_HOME_HINT
+        )
+    return archive
+
+
+def _move_all(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each (here, there); if one fails, the ones done are renamed back."""
+    done: list[tuple[Path, Path]] = []
+    try:
+        for here, there in moves:
+            os.rename(here, there)
+            done.append((here, there))
+    except BaseException:
+        for here, there in reversed(done):
+            os.rename(there, here)
+        raise
+
+
+def _unpack_office_home(archive: Path, root: Path, extract_dir: Path, progress: bool) -> None:
+    """Extract the zip (or reuse a complete extraction) and move the domains to ``root``."""
+    extracted = safe_extract(
+        archive, extract_dir, members=lambda name: not name.startswith("__MACOSX/"),
+        progress=progress, max_bytes=OFFICE_HOME_MAX_BYTES,
+    )
+    source = _office_home_source(extracted)
+    moves = []
+    for domain in OFFICE_HOME_DOMAINS:
+        here = source / domain if source is not None else None
+        if here is not None and here.is_dir():
+            if (root / domain).exists():
+                raise ValueError(
+                    f"{root / domain} exists already: move it away or choose another root "
+                    "(--root)"
+                )
+            moves.append((here, root / domain))
+        elif not (root / domain).is_dir():  # not moved by an interrupted earlier run either
+            top = sorted(p.name for p in extracted.iterdir() if p.name != COMPLETE_MARKER)
+            shutil.rmtree(extracted)
+            raise ValueError(
+                f"{archive.name} does not look like Office-Home: expected "
+                f"{OFFICE_HOME_FOLDER}/<{'|'.join(OFFICE_HOME_DOMAINS)}>/<class>/, "
+                f"no folder {domain!r}; the archive's top level holds {top}"
+            )
+    _move_all(moves)
+    (root / OFFICE_HOME_MARKER).write_text(
+        json.dumps({"archive": archive.name, "domains": list(OFFICE_HOME_DOMAINS)}) + "\n"
+    )
+    shutil.rmtree(extracted)
+    _remove_if_empty(root / EXTRACT_DIR)
 
 
 def prepare_office_home(
@@ -725,58 +959,26 @@ def prepare_office_home(
         raise ValueError("pass either archive=PATH or url=URL, not both")
     if archive is None and url is None:
         raise FileNotFoundError(OFFICE_HOME_HINT)
-    if url is not None:
-        archive = download(
-            url, root / ARCHIVE_DIR / f"{OFFICE_HOME_FOLDER}.zip", md5=md5, progress=progress
-        )
-        if not zipfile.is_zipfile(archive):
-            Path(archive).unlink()
+    if archive is not None:
+        archive = _office_home_archive(Path(archive), md5)
+    extract_dir = root / EXTRACT_DIR / "office_home"
+    resuming = (extract_dir / COMPLETE_MARKER).is_file()  # an earlier run was interrupted
+    if not resuming:
+        taken = [root / d for d in OFFICE_HOME_DOMAINS if (root / d).exists()]
+        if taken:
             raise ValueError(
-                f"{url} did not serve a zip file (Google Drive serves an HTML confirmation "
-                f"page for large files): url must be a direct link to the zip. "
-                + OFFICE_HOME_HINT
+                f"{taken[0]} exists already: move it away or choose another root (--root)"
             )
-    else:
-        archive = Path(archive)
-        if not archive.is_file():
-            raise FileNotFoundError(f"archive {str(archive)!r} does not exist. {OFFICE_HOME_HINT}")
-        expected = _expected_checksums(md5, None)
-        mismatch = _checksum_mismatch(archive, expected)
-        if mismatch is not None:
-            raise ChecksumError(
-                f"{archive.name}: md5 mismatch: expected {mismatch[1]}, got {mismatch[2]}; "
-                f"download it again from {OFFICE_HOME_PAGE}"
-            )
-    extracted = safe_extract(
-        archive, root / EXTRACT_DIR / "office_home",
-        members=lambda name: not name.startswith("__MACOSX/"), progress=progress,
-    )
-    source = _office_home_source(extracted)
-    moves = []
-    for domain in OFFICE_HOME_DOMAINS:
-        here = source / domain if source is not None else None
-        if here is not None and here.is_dir():
-            if (root / domain).exists():
-                raise ValueError(
-                    f"{root / domain} exists already: move it away or choose another root"
-                )
-            moves.append((here, root / domain))
-        elif not (root / domain).is_dir():  # not moved by an interrupted earlier run either
-            top = sorted(p.name for p in extracted.iterdir() if p.name != COMPLETE_MARKER)
-            shutil.rmtree(extracted)
-            _remove_if_empty(root / EXTRACT_DIR)
-            raise ValueError(
-                f"{Path(archive).name} does not look like Office-Home: expected "
-                f"{OFFICE_HOME_FOLDER}/<{'|'.join(OFFICE_HOME_DOMAINS)}>/<class>/, "
-                f"no folder {domain!r}; the archive's top level holds {top}"
-            )
-    for here, there in moves:
-        os.rename(here, there)
-    (root / OFFICE_HOME_MARKER).write_text(
-        json.dumps({"archive": Path(archive).name, "domains": list(OFFICE_HOME_DOMAINS)}) + "\n"
-    )
-    shutil.rmtree(extracted)
-    _remove_if_empty(root / EXTRACT_DIR)
+    created = _missing_folders(extract_dir)
+    try:
+        if url is not None:
+            archive = _download_office_home(url, root, md5, progress)
+        _unpack_office_home(Path(archive), root, extract_dir, progress)
+    except BaseException:  # leave the disk as it was (a download is kept: it resumes)
+        if extract_dir in created:
+            shutil.rmtree(extract_dir, ignore_errors=True)
+        _remove_empty(created)
+        raise
     if progress:
         print(f"Office-Home: domains {', '.join(OFFICE_HOME_DOMAINS)} in {root}")
     return root

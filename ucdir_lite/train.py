@@ -25,8 +25,10 @@ Reference: Hu & Lee, ECCV 2022 (arXiv:2207.09721), and its official code.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ucdir_lite import datasets as ds_lib
 from ucdir_lite import glyphs
+from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
 from ucdir_lite.clustering import kmeans, soft_assign, soft_centroids
 from ucdir_lite.config import TrainConfig, get_preset
@@ -57,6 +60,7 @@ from ucdir_lite.metrics import retrieval_report
 from ucdir_lite.model import Encoder, build_encoder, momentum_update, split_batch_norm
 from ucdir_lite.transport import match_clusters
 from ucdir_lite.utils import (
+    PART_SUFFIX,
     atomic_torch_save,
     atomic_write_json,
     derive_seed,
@@ -66,6 +70,9 @@ from ucdir_lite.utils import (
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "ucdir-lite-checkpoint-v1"
+# What every ucdir-lite checkpoint holds besides its format tag ("scaler" may be empty).
+CHECKPOINT_KEYS = ("epoch", "config", "data", "encoder_q", "encoder_k", "banks", "optimizer",
+                   "history")
 # Config fields that may change when resuming a run (they do not change what is learned).
 RESUMABLE = ("epochs", "eval_every", "log_every", "device", "num_workers", "eval_batch_size", "ks")
 # Config fields that a forked run (init_from) must share with its parent.
@@ -108,8 +115,8 @@ def data_root(cfg: TrainConfig, progress: bool = False) -> Path:
         if not root.is_dir():
             raise FileNotFoundError(
                 f"data_root {str(root)!r} does not exist; prepare it (e.g. `ucdir-lite data "
-                "prepare office-home --root ...`) or set data_root=None for the generated "
-                "benchmark"
+                "prepare office-home --root ...`) or leave out --data-root (data_root=None) for "
+                "the generated benchmark"
             )
         return root
     unknown = [d for d in cfg.domains if d not in glyphs.DOMAINS]
@@ -635,23 +642,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ``torch.load(weights_only=True)``). Raises FileNotFoundError / ValueError with the fix."""
     path = Path(path).expanduser()
     if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is a folder without a {CHECKPOINT}; pass a run folder (the "
+                f"--out of a train) or its {CHECKPOINT}"
+            )
         path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; pass a run folder or its checkpoint.pt"
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{str(path)!r} is not a loadable checkpoint ({type(err).__name__}: {err})"
-        ) from err
+    ckpt = _safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a ucdir-lite training checkpoint (no format {FORMAT!r}); "
-            "for backbone weights use TrainConfig(weights=path) instead"
+            "for backbone weights use --set weights=PATH (TrainConfig(weights=path)) instead"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is incomplete (no {', '.join(missing)}): it is damaged "
+            "or was not written by ucdir-lite train; pass the checkpoint.pt a run wrote"
         )
     return ckpt
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers, nothing that runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text would advise loading it unsafely
+        raise ValueError(
+            f"{str(path)!r} was refused: it holds Python objects, which loading would run, "
+            "not only tensors; it is not a ucdir-lite checkpoint, and only a file you trust "
+            "should ever be loaded that way"
+        ) from err
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(
+            f"{str(path)!r} is not a loadable checkpoint ({type(err).__name__}: {first})"
+        ) from err
+
+
+def _load_weights(module: nn.Module, state: dict[str, Any], path: str | os.PathLike,
+                  cfg: TrainConfig) -> None:
+    """``module.load_state_dict(state)``; a mismatch is a ValueError naming ``path``."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:300].rstrip(".")
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the model its config describes "
+            f"(arch={cfg.arch}, width={cfg.width}, feat_dim={cfg.feat_dim}): {detail}; it is "
+            "damaged or was edited: pass the checkpoint.pt a run wrote"
+        ) from err
+
+
+def _check_fits(ckpt: dict[str, Any], cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """The checkpoint's encoders load into the model ``cfg`` builds (before any data)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg.replace(weights=None))
+    for name in ("encoder_q", "encoder_k"):
+        _load_weights(model, ckpt[name], path, cfg)
 
 
 def _restore(state: _State, ckpt: dict[str, Any], device: torch.device, *, optimizer: bool) -> None:
@@ -671,7 +724,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> tuple[Encoder, Tra
     ckpt = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     encoder = build_model(cfg.replace(weights=None))
-    encoder.load_state_dict(ckpt["encoder_k"])
+    _load_weights(encoder, ckpt["encoder_k"], path, cfg)
     # the memory format training used: convolutions then sum in the same order
     return encoder.to(resolve_device(device), memory_format=torch.channels_last).eval(), cfg
 
@@ -687,7 +740,7 @@ def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
         raise ValueError(
             f"cannot resume {str(path)!r} with a different config: {'; '.join(diffs)}. Resume "
             "with the same config (only " + ", ".join(RESUMABLE) + " may change), or start a "
-            "new run from it with init_from="
+            "new run from it with --init-from (init_from=)"
         )
 
 
@@ -697,13 +750,13 @@ def _check_fork(ckpt: dict[str, Any], cfg: TrainConfig, data: dict[str, Any], pa
                                                "generated"))
     if diffs:
         raise ValueError(
-            f"init_from checkpoint {str(path)!r} is incompatible with this config: "
+            f"--init-from (init_from=) checkpoint {str(path)!r} is incompatible with this config: "
             f"{'; '.join(diffs)}. Fork only from a run on the same data and model"
         )
     if int(ckpt["epoch"]) >= cfg.epochs:
         raise ValueError(
-            f"init_from checkpoint {str(path)!r} has already trained {ckpt['epoch']} epochs; "
-            f"set epochs larger than that (got epochs={cfg.epochs})"
+            f"--init-from (init_from=) checkpoint {str(path)!r} has already trained "
+            f"{ckpt['epoch']} epochs; set epochs larger than that (got epochs={cfg.epochs})"
         )
 
 
@@ -799,7 +852,8 @@ def train(
     Args:
         cfg: a TrainConfig (or a preset name).
         out_dir: folder for checkpoint.pt (every epoch, atomically), config.json,
-            history.json and metrics.json; None keeps everything in memory.
+            history.json and metrics.json; None keeps everything in memory. One run at a
+            time: the folder is locked (``.lock``) while the run writes to it.
         resume: continue the run saved in ``out_dir`` (to the same result as an uninterrupted
             run); a finished run is returned as it is (re-evaluated only if ``ks`` changed);
             with no checkpoint there, start fresh. Without ``resume``, an ``out_dir`` that
@@ -813,20 +867,61 @@ def train(
     Raises:
         TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
         ValueError / FileNotFoundError / FileExistsError: bad config, data or out_dir.
+        FolderInUse: another process is running in ``out_dir`` (its PID is named).
+        PermissionError: ``out_dir`` is not writable and the run is not finished.
     """
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
     if resume and init_from is not None:
-        raise ValueError("pass either resume=True or init_from=..., not both")
+        raise ValueError("pass either --resume (resume=True) or --init-from (init_from=), "
+                         "not both")
     out = Path(out_dir).expanduser() if out_dir is not None else None
+    if resume and out is None:
+        raise ValueError("--resume (resume=True) needs the folder of the run to continue: "
+                         "--out (out_dir=)")
+    if out is None:
+        return _train(cfg, None, resume, init_from, progress)
+    if out.is_dir() and not os.access(out, os.W_OK):  # only a finished run can be read here
+        return _train(cfg, out, resume, init_from, progress, read_only=True)
+    with folder_lock(out, what="run folder",
+                     hint="wait for it to finish, or choose another --out (out_dir=)"):
+        _remove_stale_parts(out)
+        return _train(cfg, out, resume, init_from, progress)
+
+
+def _remove_stale_parts(out: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed run left in ``out`` (called
+    under the folder's lock: no other writer is at work there)."""
+    for part in out.glob(f".*{PART_SUFFIX}"):
+        if part.is_file():
+            part.unlink()
+
+
+def _train(cfg: TrainConfig, out: Path | None, resume: bool,
+           init_from: str | os.PathLike | None, progress: bool,
+           read_only: bool = False) -> TrainResult:
+    """``train`` once its arguments are checked (and ``out``, if any, locked)."""
     ckpt_path = out / CHECKPOINT if out is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not resume:
         raise FileExistsError(
-            f"{str(out)!r} already holds a run (checkpoint.pt); pass resume=True (--resume) to "
-            "continue it, or choose another out_dir"
+            f"{str(out)!r} already holds a run (checkpoint.pt); pass --resume (resume=True) to "
+            "continue it, or choose another --out (out_dir=)"
         )
-    if resume and out is None:
-        raise ValueError("resume=True needs the out_dir of the run to continue")
+    ckpt, old_ks = None, None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        started = ckpt["config"].setdefault("threads", cfg.threads)  # None: an older run
+        if cfg.threads is None:  # a resumed run keeps the thread count it started with
+            cfg = cfg.replace(threads=started)
+        _check_resume(ckpt, cfg, ckpt_path)
+        _check_fits(ckpt, cfg, ckpt_path)
+        old_ks = tuple(ckpt["config"]["ks"])
+    if read_only and not (ckpt is not None and ckpt["epoch"] >= cfg.epochs
+                          and old_ks == tuple(cfg.ks)):
+        raise PermissionError(
+            f"run folder {str(out)!r} is not writable; make it writable (chmod u+w) or "
+            "choose another --out (out_dir=)"
+        )
 
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
@@ -839,17 +934,10 @@ def train(
             domain.images = domain.images.to(device)
     summary = _data_summary(cfg, data)
 
-    ckpt, old_ks = None, None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        started = ckpt["config"].setdefault("threads", cfg.threads)  # None: an older run
-        if cfg.threads is None:  # a resumed run keeps the thread count it started with
-            cfg = cfg.replace(threads=started)
-        _check_resume(ckpt, cfg, ckpt_path)
-        old_ks = tuple(ckpt["config"]["ks"])
-    elif init_from is not None:
+    if ckpt is None and init_from is not None:
         ckpt = load_checkpoint(init_from)
         _check_fork(ckpt, cfg, summary, Path(init_from))
+        _check_fits(ckpt, cfg, init_from)
     if cfg.threads is None:
         cfg = cfg.replace(threads=torch.get_num_threads())
     previous_threads = torch.get_num_threads()
@@ -859,6 +947,17 @@ def train(
                     progress)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _record(obj: Any, path: Path) -> None:
+    """Write ``obj`` as JSON to ``path`` unless the file holds it already (resuming a
+    finished run rewrites nothing)."""
+    try:
+        if json.loads(path.read_text()) == json.loads(json.dumps(obj)):
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(obj, path)
 
 
 def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
@@ -879,7 +978,8 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
         if init_from is not None:
             for entry in state.history:
                 entry.setdefault("inherited_from", str(init_from))
-    if out is not None:
+    trains = state.epoch < cfg.epochs  # else a finished run: nothing is rewritten
+    if out is not None and trains:
         atomic_write_json(cfg.to_dict(), out / "config.json")
 
     def run_evaluation() -> dict[str, Any]:
@@ -917,8 +1017,10 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
         evaluated = [e["metrics"] for e in state.history if "metrics" in e]
         reuse = evaluated and (old_ks is None or old_ks == tuple(cfg.ks))
         metrics = evaluated[-1] if reuse else run_evaluation()
+        if out is not None and not reuse:  # re-evaluated with other ks: record them
+            atomic_write_json(cfg.to_dict(), out / "config.json")
     if out is not None:
-        atomic_write_json(metrics, out / "metrics.json")
+        _record(metrics, out / "metrics.json")
     state.encoder_k.eval()
     eval_sets = (data[0].eval_set, data[1].eval_set)
     return TrainResult(state.encoder_k, state.history, metrics, out, cfg, eval_sets)

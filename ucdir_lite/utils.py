@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +34,50 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device='cpu'")
+        raise ValueError(
+            f"device={name!r} but CUDA is not available here; use --device cpu (device='cpu')"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device={name!r} but MPS (Apple GPU) is not available here; use --device cpu "
+            "(device='cpu')"
+        )
     return device
 
 
-def _atomic(path: Path, write: Any) -> Path:
+PART_SUFFIX = ".part"
+"""Temporary files of the atomic writes: ``.<name>.<random>.part`` beside the target."""
+
+
+def _new_part(path: Path) -> Path:
+    """Create an empty temporary file beside ``path``, with the mode any new file gets here
+    (0666 less the umask; ``mkstemp`` would give 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {str(path)!r}")
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Write through ``write(tmp)`` to a temporary file beside ``path``, then rename it to
+    ``path``: a reader (or a crash) never sees a half-written file. An OSError names ``path``
+    (the file asked for), not the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
-        write(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_part(path)
+        write(str(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror}") from err
         raise
     return path
 
@@ -55,10 +85,15 @@ def _atomic(path: Path, write: Any) -> Path:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the same folder, then ``os.replace``: a reader (or a
     crash) never sees a half-written file."""
-    return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented JSON atomically (same scheme as ``atomic_torch_save``)."""
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return atomic_write_text(text, path)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically (same scheme as ``atomic_torch_save``)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
