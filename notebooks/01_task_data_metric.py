@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -270,7 +270,7 @@ for i, query_domain in enumerate(domains):
     cells = ["-" if i == j else f"{v:.1f}" for j, v in enumerate(table[i])]
     print(f"{query_domain:>10}" + "".join(f"{c:>10}" for c in cells))
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
 image = ax.imshow(table, cmap="viridis", vmin=0, vmax=100)
 ax.set_xticks(range(len(domains)), domains)

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -195,7 +195,7 @@ plt.show()
 # %% [markdown]
 # ## Training the baseline
 #
-# Every run in this book follows the schedule of spec §6: a **warm-up** of `warmup_epochs`
+# Every run in this book follows the same schedule {cite}`hu2022ucdir`: a **warm-up** of `warmup_epochs`
 # epochs on $\mathcal{L}_{IW}$ alone (clusters of random features would be meaningless),
 # then `epochs - warmup_epochs` more epochs with the losses of the run. The runs of the book
 # are the rows of the ablation (notebook 6), and they share the warm-up: it is trained once

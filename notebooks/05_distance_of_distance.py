@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -111,7 +111,7 @@ print(f"clusters with the same number and the same majority class: {100 * same:.
 # ## Matching as optimal transport
 #
 # Spread a mass $1/K$ on every prototype of $A$ and of $B$ and move the mass of $A$ onto $B$
-# at the cost $C_{ij} = \|c^A_i - c^B_j\|_2^2$ per unit (spec §5):
+# at the cost $C_{ij} = \|c^A_i - c^B_j\|_2^2$ per unit {cite}`hu2022ucdir`:
 #
 # $$\min_\pi \sum_{i,j}\pi_{ij}C_{ij}\quad\text{s.t.}\quad \sum_j\pi_{ij}=\tfrac1K,\
 # \sum_i\pi_{ij}=\tfrac1K,\ \pi_{ij}\ge 0.$$
@@ -216,7 +216,7 @@ display(plots.heatmap(
 #
 # Once the clusters are matched, the two domains can be asked to share their *geometry*: if
 # clusters $i$ and $j$ are far apart in $A$, their partners should be as far apart in $B$
-# (spec §5; the library divides by $K^2$):
+# ({cite}`hu2022ucdir`; the library divides by $K^2$):
 #
 # $$\mathcal{L}_{DD} = \sum_{i,j}\Big|\,\|c^A_i-c^A_j\|_2 -
 # \|c^B_{\pi(i)}-c^B_{\pi(j)}\|_2\,\Big|$$

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -71,7 +71,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 # A method built from several parts raises a question that its final score cannot answer:
 # which part does the work? An **ablation** answers it by training the method with parts
 # switched off, everything else held fixed, and comparing. UCDIR has four loss terms; after
-# the warm-up on $\mathcal{L}_{IW}$ alone the package trains (spec §6)
+# the warm-up on $\mathcal{L}_{IW}$ alone the package trains
 #
 # $$\mathcal{L} = w_{IW}\,\mathcal{L}_{IW} + w_{CW}\,\mathcal{L}_{CW}
 # + \lambda_{SE}\,\mathcal{L}_{SE} + \lambda_{DD}\,\mathcal{L}_{DD},$$
@@ -83,7 +83,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 # | `IW` | nothing: $\mathcal{L}_{IW}$ alone, the instance-wise baseline | 2 |
 # | `CW` | the cluster-wise contrastive loss $\mathcal{L}_{CW}$ | 3 |
 # | `CW+SE` | the self-entropy loss $\mathcal{L}_{SE}$ | 4 |
-# | `Full` | the distance-of-distance loss $\mathcal{L}_{DD}$ between OT-matched centroids (spec §5, the tutorial's default) | 5 |
+# | `Full` | the distance-of-distance loss $\mathcal{L}_{DD}$ between OT-matched centroids (the tutorial's default) | 5 |
 # | `Full (official DoD)` | $\mathcal{L}_{DD}$ in the official code's sample-level form, instead | 5 |
 #
 # The paper's ablation has the first four rows; the fifth is this book's extra row, the
@@ -195,7 +195,7 @@ if timing["runs_reused"] == 0:
 # retrieval, the task: $A$ queries $B$ and $B$ queries $A$. The last two are **in-domain**
 # retrieval, each domain querying itself (the query left out), which the method is not
 # asked to do but which shows whether a term improves the features in general or aligns the
-# two domains. Cells are P@K in percent (spec §7), mean ± standard deviation over the seeds.
+# two domains. Cells are P@K in percent (notebook 1), mean ± standard deviation over the seeds.
 
 # %%
 ks = list(cfg.ks)
@@ -447,7 +447,7 @@ display(Markdown("\n".join(reading)))
 #
 # On real data the same ablation is one command. Prepare the data once (notebook 1), then
 # run the paper protocol's presets, which use the official code's loss forms and schedule
-# (spec §8); `--data-root` points at the prepared folder:
+# (see {doc}`/book/differences`); `--data-root` points at the prepared folder:
 #
 # ```bash
 # ucdir-lite data prepare domainnet --root data/domainnet --domains clipart sketch

@@ -12,6 +12,8 @@ Steps:
    ``pyproject.toml`` and ``UCDIR_SMOKE``, kept in ``<build>/.ucdir_hash``; on a mismatch the
    cache is deleted and every page is re-read (``--all``);
 4. ``jupyter-book build . -W -n --keep-going`` (a warning or a failing cell fails the build);
+5. ``render_check.find_leaks`` on the built HTML: a page that shows "spec §", an absolute path
+   of the build machine or a hashed cache folder fails the build too;
    exits non-zero on failure and prints the build time.
 
 Build folders: the full book goes to ``_build/html`` (its cache in ``_build/.jupyter_cache``).
@@ -138,6 +140,19 @@ def ensure_data(smoke: bool) -> None:
     print(f"build_book: embedded data ready in {root}")
 
 
+def check_leaks(html_dir: Path) -> int:
+    """1 (and the problems on stderr) when a built page shows a reference outside the
+    repository, a machine path or a hashed cache folder (``render_check.find_leaks``), else 0."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from render_check import find_leaks
+
+    leaks = find_leaks(html_dir)
+    for page, problems in leaks.items():
+        for problem in problems:
+            print(f"build_book: FAIL {page}: {problem}", file=sys.stderr)
+    return 1 if leaks else 0
+
+
 def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     """Run the whole build; return the exit code of ``jupyter-book build``."""
     env = dict(os.environ)
@@ -160,6 +175,8 @@ def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     if force_all:
         cmd.append("--all")
     code = subprocess.run(cmd, cwd=root, env=env).returncode
+    if code == 0:
+        code = check_leaks(build_dir / "html")
     elapsed = time.perf_counter() - start
     if code == 0:
         build_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The ablation table: which loss term buys what, with a shared warm-up and a run cache.
 
-For every domain pair and seed the warm-up (L_IW alone, spec §6) is trained ONCE and then
+For every domain pair and seed the warm-up (L_IW alone; book chapter 2) is trained ONCE and then
 forked into the arms (``train(cfg_arm, out, init_from=<warm-up checkpoint>)``), so every arm
 starts from the same weights and sees the same data and the same epoch budget after warm-up.
 The arms that add L_DD late (``dd_start``) fork in turn from one shared run of the arm
@@ -9,7 +9,7 @@ without it, trained until L_DD starts (``dd_stem``): the same weights, less work
     IW                   w_IW L_IW                                  (no cluster term)
     CW                   + w_CW L_CW
     CW+SE                + w_SE L_SE
-    Full                 + w_DD L_DD, OT-matched centroids (spec §5, the tutorial default)
+    Full                 + w_DD L_DD, OT-matched centroids (book chapter 5, the tutorial default)
     Full (official DoD)  + w_DD L_DD, the official code's sample-level form
 
 Each arm is a dict of ``TrainConfig`` overrides on the preset (``ARMS``), never a code copy.

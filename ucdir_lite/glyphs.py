@@ -1,4 +1,4 @@
-"""The embedded benchmark: a generated, DomainNet-like set of glyph images (spec §9).
+"""The embedded benchmark: a generated, DomainNet-like set of glyph images (book chapter 1).
 
 Every image shows one *character* (a symbol, letter or digit: the class) drawn in one of four
 *domains* modelled on DomainNet / Office-Home:
@@ -615,7 +615,7 @@ def generate_benchmark(
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
-    """Generate the glyph benchmark into ``root`` and return ``root`` (spec §9).
+    """Generate the glyph benchmark into ``root`` and return ``root`` (book chapter 1).
 
     Writes ``root/<domain>/<class>/<nnnn>.png`` and ``root/manifest.json``. Everything is first
     written to a hidden temporary sibling folder that is renamed into place at the end, so an

@@ -4,9 +4,10 @@
 
 h is the backbone (a small CNN for 32 px images on a CPU, or a torchvision ResNet),
 g = Linear-ReLU-Linear is the projection head of MoCo v2 (128-d output by default), and z
-is the L2-normalised feature used by every loss and by retrieval (spec, Notation).
+is the L2-normalised feature used by every loss and by retrieval (the
+book's notation).
 The key encoder of the instance-wise loss is a copy of the query encoder updated by
-``momentum_update`` (spec §1; He et al., "Momentum Contrast", CVPR 2020).
+``momentum_update`` (book chapter 2; He et al., "Momentum Contrast", CVPR 2020).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplo
 state, nothing shown): display it with ``IPython.display.display(fig)`` or save it with
 ``fig.savefig(path)``. Inputs may be torch tensors or numpy arrays; features are rows
 ``(N, D)``, labels integer vectors ``(N,)``, soft assignments ``p`` rows ``(N, K)`` summing
-to 1 (spec §2), as everywhere in the package.
+to 1 (book chapter 3), as everywhere in the package.
 
 Reference: the figures of Hu & Lee, ECCV 2022 (arXiv:2207.09721): retrieval examples,
 feature projections and the effect of each loss.
@@ -160,7 +160,7 @@ def retrieval_gallery(
     r"""Queries of one domain and their top-``k`` gallery images of the other domain.
 
     Each row shows a query, then the ``k`` gallery items of highest cosine similarity
-    :math:`\mathrm{sim}(z_q, z_g) = z_q\cdot z_g/(\|z_q\|\|z_g\|)` (spec §7), best first.
+    :math:`\mathrm{sim}(z_q, z_g) = z_q\cdot z_g/(\|z_q\|\|z_g\|)` (book chapter 1), best first.
     A retrieved image with the query's label is a hit (green border), otherwise a miss
     (red border); each row's label says how many of the ``k`` are hits.
 
@@ -575,7 +575,7 @@ def entropy_histogram(
     log_counts: bool = False,
     title: str | None = None,
 ) -> Figure:
-    r"""Histograms of the assignment entropy of each sample, before and after (spec §4).
+    r"""Histograms of the assignment entropy of each sample, before and after (book chapter 4).
 
     For each row of a soft assignment :math:`p` (N, K),
     :math:`H_i = -\sum_{j=1}^{K} p_{ij}\log p_{ij}`, between 0 (the sample commits to one
