@@ -5,7 +5,11 @@ Steps:
 1. make sure the offline MathJax 3 is unpacked in ``book/_mathjax/mathjax/`` (git-ignored;
    from the npm registry with ``npm pack mathjax@3``, else from the PyPI wheel
    ``django-static-mathjax``); ``_config.yml`` serves it through ``html_extra_path``;
-2. make sure the embedded data set exists (``ucdir_lite.glyphs.ensure_benchmark``);
+2. make sure the embedded data set exists (``ucdir_lite.glyphs.ensure_benchmark``), and
+   write the generated parts of the prose pages into ``book/_generated/`` (git-ignored): the
+   method overview figure (``ucdir_lite.plots.method_overview``), the ``cpu`` preset's
+   objective and the table of presets (``ucdir_lite.chapter``), so that the introduction and
+   the differences page print what the code trains instead of typing it;
 3. clear the notebook execution cache when the package changed: jupyter-cache keys a notebook
    only on its code cells, so a change in ``ucdir_lite`` alone would otherwise keep serving
    outputs computed with the old code. The key is a hash of ``ucdir_lite/**/*.py``,
@@ -153,6 +157,40 @@ def check_leaks(html_dir: Path) -> int:
     return 1 if leaks else 0
 
 
+GENERATED = ROOT / "book" / "_generated"
+
+
+def write_generated(dest: Path = GENERATED) -> list[Path]:
+    """Write the parts of the prose pages that come from the code into ``dest``: the method
+    overview figure, the ``cpu`` preset's objective (a MyST math block) and the presets table.
+    Returns the files written."""
+    from ucdir_lite import chapter, plots
+    from ucdir_lite.config import get_preset
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cpu = get_preset("cpu")
+    dd_start = cpu.dd_start if cpu.dd_start is not None else cpu.warmup_epochs
+    files = {
+        "cpu_objective.md": (
+            "$$\n" + chapter.objective(cpu) + "\n$$\n\n"
+            f"after a warm-up of {cpu.warmup_epochs} epochs on $\\mathcal{{L}}_{{IW}}$ alone, "
+            f"for {cpu.epochs - cpu.warmup_epochs} more epochs; $\\mathcal{{L}}_{{DD}}$ starts "
+            f"at epoch {dd_start}. The loss forms are `cw_variant=\"{cpu.cw_variant}\"`, "
+            f"`se_variant=\"{cpu.se_variant}\"` and `dd_variant=\"{cpu.dd_variant}\"`, with "
+            f"$K = {cpu.num_clusters}$ clusters per domain for {cpu.num_classes} classes.\n"),
+        "presets.md": chapter.preset_table() + "\n",
+    }
+    written = []
+    for name, text in files.items():
+        path = dest / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+        written.append(path)
+    figure = dest / "method_overview.png"
+    plots.method_overview().savefig(figure, dpi=150, metadata={"Software": None})
+    return [*written, figure]
+
+
 def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     """Run the whole build; return the exit code of ``jupyter-book build``."""
     env = dict(os.environ)
@@ -165,6 +203,7 @@ def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     start = time.perf_counter()
     ensure_mathjax()
     ensure_data(smoke)
+    write_generated()
     digest = package_hash(root, env.get("UCDIR_SMOKE", ""))
     if invalidate_stale_cache(build_dir, digest):
         print(f"build_book: package sources changed: cleared {build_dir / '.jupyter_cache'}")

@@ -724,8 +724,8 @@ def plot_ablation(results: dict[str, Any], k: int | None = None,
     k = k if k is not None else _ks(results)[0]
     means = summarize(results)
     arms = results["arms"]
-    fig = Figure(figsize=(4.2 * len(means) + 1.5, 3.4), layout="constrained")
-    axes = fig.subplots(1, len(means), squeeze=False)[0]
+    fig = Figure(figsize=(7.4, 3.2 * len(means) + 0.4), layout="constrained")
+    axes = fig.subplots(len(means), 1, squeeze=False)[:, 0]  # one row per pair: page width
     width = 0.8 / len(arms)
     for ax, (pair, cells) in zip(axes, means.items(), strict=True):
         a, b = pair.split("->")
@@ -735,11 +735,11 @@ def plot_ablation(results: dict[str, Any], k: int | None = None,
             x = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(directions))]
             sd = [0.0 if math.isnan(v[1]) else v[1] for v in values]
             ax.bar(x, [v[0] for v in values], width, yerr=sd, capsize=2, label=arm)
-        ax.set_xticks(range(len(directions)), labels, fontsize=8)
-        ax.set_title(pair.replace("->", " → "))
+        ax.set_xticks(range(len(directions)), labels, fontsize=9)
+        ax.set_title(pair.replace("->", " → "), fontsize=10)
         ax.set_ylabel(f"P@{k} (%)")
         ax.axvline(1.5, color="0.7", lw=0.8, ls="--")  # cross-domain | in-domain
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 

@@ -762,7 +762,7 @@ def contact_sheet(
     n_classes: int = 10,
     *,
     index: int = 0,
-    cell_inches: float = 0.9,
+    cell_inches: float = 0.72,
     title: str | None = None,
 ) -> Figure:
     """A grid of example images: one row per domain, one column per class, labelled.
@@ -814,9 +814,9 @@ def contact_sheet(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(name.replace("_", "\n", 1), fontsize=9)
             if c == 0:
-                ax.set_ylabel(domain, fontsize=9)
+                ax.set_ylabel(domain, fontsize=10)
     if title:
         fig.suptitle(title)
     return fig
