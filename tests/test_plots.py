@@ -256,7 +256,7 @@ def test_training_curves_panels_and_data():
     pk = fig.axes[3]
     assert pk.get_title() == "P@5"
     # two evaluations make no curve: one group of bars per evaluation, per direction
-    assert [t.get_text() for t in pk.get_xticklabels()] == ["after 2 epochs", "after 4 epochs"]
+    assert [t.get_text() for t in pk.get_xticklabels()] == ["2 epochs", "4 epochs"]
     np.testing.assert_allclose([bar.get_height() for bar in pk.containers[1]], [20, 60])
     more = _history()
     more[0]["metrics"] = more[1]["metrics"]

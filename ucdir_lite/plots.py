@@ -701,8 +701,8 @@ def training_curves(history: Any, *, title: str | None = None) -> Figure:
                 bars = ax.bar(np.arange(len(x)) + (d - 0.5) * width, y, width, color=color,
                               label=direction.replace("->", "→"))
                 ax.bar_label(bars, fmt="%.1f", fontsize=9)
-            ax.set_xticks(range(len(x)), [f"after {n} epochs" for n in x])
-            ax.set_ylim(0, 1.25 * np.nanmax([e["metrics"].get(d, {}).get(first, 0)
+            ax.set_xticks(range(len(x)), [f"{n} epochs" for n in x])
+            ax.set_ylim(0, 1.45 * np.nanmax([e["metrics"].get(d, {}).get(first, 0)
                                               for e in evaluated for d in ("A->B", "B->A")])
                         + 1)
         else:
@@ -711,7 +711,7 @@ def training_curves(history: Any, *, title: str | None = None) -> Figure:
                 ax.plot(x, y, marker="o", color=color, label=direction.replace("->", "→"))
             ax.set_xlabel("epochs trained")
         ax.set_title(first, fontsize=11)
-        ax.legend(loc="best", fontsize=9)
+        ax.legend(loc="upper center", fontsize=9, ncols=2)
     if warmup:
         for ax in axes[: len(terms)]:
             ax.axvspan(min(warmup) - 0.5, max(warmup) + 0.5, color="0.9", zorder=0)
