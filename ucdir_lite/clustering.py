@@ -212,9 +212,10 @@ def _check_z_centroids(z: Tensor, centroids: Tensor) -> None:
 
 
 def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
-    """Soft cluster assignment (Hu & Lee 2022; book chapter 3).
+    r"""Soft cluster assignment (Hu & Lee 2022; book chapter 3).
 
-        p_ij = exp(sim(z_i, c_j) / tau) / sum_k exp(sim(z_i, c_k) / tau)
+    .. math::
+        p_{ij} = \frac{\exp(\mathrm{sim}(z_i, c_j)/\tau)}{\sum_{k}\exp(\mathrm{sim}(z_i, c_k)/\tau)}
 
     with ``sim`` the cosine similarity (both sides are L2-normalised here).
 
@@ -234,9 +235,10 @@ def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
 
 
 def soft_centroids(z: Tensor, p: Tensor, eps: float = 1e-8) -> Tensor:
-    """Soft-weighted centroids (book chapter 3): the batch estimate of each cluster's centre.
+    r"""Soft-weighted centroids (book chapter 3): the batch estimate of each cluster's centre.
 
-        c_j = sum_i p_ij z_i / (sum_i p_ij + eps)
+    .. math::
+        c_j = \frac{\sum_i p_{ij}\, z_i}{\sum_i p_{ij} + \epsilon}
 
     Args:
         z: (N, D) features.

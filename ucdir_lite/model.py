@@ -318,9 +318,10 @@ def split_batch_norm(module: nn.Module, num_splits: int = 2) -> nn.Module:
 
 @torch.no_grad()
 def momentum_update(encoder_q: nn.Module, encoder_k: nn.Module, m: float = 0.999) -> None:
-    """Exponential moving average of the key encoder's parameters, in place:
+    r"""Exponential moving average of the key encoder's parameters, in place:
 
-        theta_k <- m * theta_k + (1 - m) * theta_q
+    .. math::
+        \theta_k \leftarrow m\,\theta_k + (1 - m)\,\theta_q
 
     m: the momentum in [0, 1] (MoCo: 0.999; 0.99 for tiny data). Buffers (BatchNorm running
     statistics) are left alone: each encoder keeps its own. He et al., CVPR 2020, Eq. (2).
