@@ -138,7 +138,7 @@ display(Code(inspect.getsource(model.momentum_update), language="python"))
 # which is how the key encoder is evaluated, these layers are plain batch norm.
 
 # %%
-print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled key batch "
+print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled key batch\n"
       f"(key_bn_splits = {cfg.key_bn_splits}; 1 is plain batch norm)")
 display(Code(inspect.getsource(train.shuffled_keys), language="python"))
 
@@ -212,7 +212,7 @@ plt.show()
 print(f"warm-up: {cfg.warmup_epochs} epochs of L_IW; the IW row: "
       f"{cfg.epochs - cfg.warmup_epochs} more epochs of L_IW")
 print(f"encoder: {cfg.arch} (width {cfg.width}), {cfg.feat_dim}-d features; "
-      f"batch {cfg.batch_size} per domain; {cfg.optimizer} lr {cfg.lr}; "
+      f"batch {cfg.batch_size} per domain;\n{cfg.optimizer} lr {cfg.lr}; "
       f"tau_iw {cfg.tau_iw}; m {cfg.m}")
 runs = {name: train_arm(cfg, name, progress=False) for name in (WARMUP, "IW")}
 
@@ -260,8 +260,8 @@ display(plots.precision_bars(reports, f"P@{k}", directions=("A->B", "B->A", "A->
 # %%
 gap = {d: iw.metrics[d][f"P@{k}"] for d in ("A->B", "B->A", "A->A", "B->B")}
 for own, cross, x, y in (("A->A", "A->B", a, b), ("B->B", "B->A", b, a)):
-    print(f"IW, {x} queries: P@{k} = {gap[own]:.1f} in {x} itself, {gap[cross]:.1f} in {y} "
-          f"(in-domain minus cross-domain: {gap[own] - gap[cross]:+.1f})")
+    print(f"IW, {x} queries: P@{k} = {gap[own]:.1f} in {x} itself, {gap[cross]:.1f} in {y}; "
+          f"difference {gap[own] - gap[cross]:+.1f}")
 
 # %% [markdown]
 # The last two lines say what training without a single label has bought over the untrained

@@ -285,7 +285,7 @@ for d, name in enumerate(cfg.domains):
             left = purity(clusters.labels[d][~kept], labels[d][~kept])
             text += f"; left out: {left:.1f} %"
         text += ")"
-    print(text + f"; positives per sample (own slot included): "
+    print(text + f";\n    positives per sample (own slot included): "
           f"{sizes[clusters.labels[d]].mean():.1f} on average")
 
 # %% [markdown]
@@ -423,8 +423,8 @@ display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.v
 # %%
 real_cw = arm_config(get_preset("domainnet"), "CW")
 print(f"domainnet CW row: cw_variant={real_cw.cw_variant}, cw_weight={real_cw.cw_weight:g}, "
-      f"ramped up over {real_cw.cw_ramp_epochs} epochs after a {real_cw.warmup_epochs}-epoch "
-      f"warm-up, K={real_cw.num_clusters}, supcon_tau={real_cw.supcon_tau}, "
+      f"ramped up over {real_cw.cw_ramp_epochs} epochs\n  after a {real_cw.warmup_epochs}-epoch "
+      f"warm-up; K={real_cw.num_clusters}, supcon_tau={real_cw.supcon_tau}, "
       f"conf_threshold={real_cw.conf_threshold}, cluster_on={real_cw.cluster_on}")
 
 # %% [markdown]

@@ -128,8 +128,7 @@ def se_temperature(row_cfg):
 
 for row in ARMS:
     row_cfg = arm_config(cfg, row)
-    form = (f"se_variant={row_cfg.se_variant!r} -> losses."
-            f"{SE_FORMS[row_cfg.se_variant].__name__}, tau = {se_temperature(row_cfg)}"
+    form = (f"{SE_FORMS[row_cfg.se_variant].__name__}, tau = {se_temperature(row_cfg)}"
             if row_cfg.se else "off")
     print(f"{row:>20}: L_SE {form}")
 se_cfg = arm_config(cfg, "CW+SE")
@@ -172,9 +171,10 @@ for name in ("CW", "CW+SE"):
         "own": clustering.soft_assign(feats[1], clusters.centroids[1], tau=tau_se),
         "other": clustering.soft_assign(feats[1], clusters.centroids[0], tau=tau_se),
     }
-    print(f"{name:>6}: mean entropy of the {b} images, own prototypes "
+    print(f"{name:>6}: mean entropy of the {b} images: own prototypes "
           f"{losses.self_entropy_loss(assignments[name]['own']):.3f}, {a} prototypes "
-          f"{losses.self_entropy_loss(assignments[name]['other']):.3f} (log K = {math.log(K):.3f})")
+          f"{losses.self_entropy_loss(assignments[name]['other']):.3f}")
+print(f"(largest possible: log K = {math.log(K):.3f})")
 
 # %%
 for side, prototypes in (("own", b), ("other", a)):

@@ -177,9 +177,8 @@ for eps in epsilons:
     best = plan.argmax(dim=1)
     agree = (major_a[order_a] == major_b[order_b][best]).float().mean().item()
     same_class[eps] = 100 * agree
-    print(f"eps = {eps:<5}: {log['n_iter']:4d} iterations (marginal error {log['err']:.0e}), "
-          f"max entry x K = {plan.max().item() * K:.2f}, best partner of the same class: "
-          f"{100 * agree:.0f} %")
+    print(f"eps = {eps:<5}: {log['n_iter']:4d} iterations (error {log['err']:.0e}), "
+          f"max entry x K = {plan.max().item() * K:.2f}, same class: {100 * agree:.0f} %")
 display(plots.heatmap(plans, [f"eps = {eps}" for eps in epsilons], ncols=2, **labels))
 trend = "falls" if same_class[epsilons[-1]] < same_class[epsilons[0]] else "does not fall"
 print(f"best partner of the same class: {same_class[epsilons[0]]:.0f} % at eps = "
@@ -318,7 +317,7 @@ for name in ("Full", "Full (official DoD)"):
                 else f"dd_tau = {row.dd_tau}")
     print(f"{name}: overrides {chapter.format_overrides(ARMS[name])}")
     print(f"    L_DD: dd_variant={row.dd_variant!r} -> losses."
-          f"{DD_FORMS[row.dd_variant].__name__}; lambda_DD = {row.dd_weight} from epoch "
+          f"{DD_FORMS[row.dd_variant].__name__};\n    lambda_DD = {row.dd_weight:g} from epoch "
           f"{row.dd_start if row.dd_start is not None else row.warmup_epochs}; {settings}")
     print(f"    L_CW: cw_variant={row.cw_variant!r}; L_SE: se_variant={row.se_variant!r}")
 runs = {name: train_arm(cfg, name, progress=False)

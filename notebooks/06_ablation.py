@@ -217,7 +217,7 @@ if len(capped) > 1:
     same = all(r["metrics"][d][f"P@{capped[0]}"] == r["metrics"][d][f"P@{k}"]
                for r in results["rows"] for d in ablation.DIRECTIONS for k in capped)
     names = " and ".join(f"P@{k}" for k in capped)
-    print(f"R = {R} images per class: {names} are not shown; "
+    print(f"R = {R} images per class: {names} are not shown;\n"
           + (f"they equal P@{R} in every run and direction (checked)" if same else
              "yet they differ in some run: check the metric"))
 for k in shown:
@@ -526,7 +526,7 @@ display(Markdown(chapter.runtime_note(page_start, [r["run_dir"] for r in results
 # %%
 real = get_preset("domainnet")
 shared = real.warmup_epochs + len(ARMS) * (real.epochs - real.warmup_epochs)
-print(f"domainnet preset: {real.arch}, {real.epochs} epochs ({real.warmup_epochs} warm-up); "
+print(f"domainnet preset: {real.arch}, {real.epochs} epochs ({real.warmup_epochs} warm-up);\n"
       f"one pair and seed = {shared} epochs with the shared warm-up, instead of "
       f"{len(ARMS) * real.epochs} without")
 
