@@ -390,3 +390,12 @@ def test_build_fails_on_a_leak(tmp_path: Path) -> None:
     assert build_book.check_leaks(tmp_path) == 1
     (tmp_path / "intro.html").write_text("<p>fine</p>")
     assert build_book.check_leaks(tmp_path) == 0
+
+
+def test_generated_parts_of_the_prose_pages(tmp_path: Path) -> None:
+    files = build_book.write_generated(tmp_path)
+    assert sorted(p.name for p in files) == ["cpu_objective.md", "method_overview.png",
+                                             "presets.md"]
+    text = (tmp_path / "cpu_objective.md").read_text()
+    assert text.startswith("$$\n\\mathcal{L} = ") and "epoch" in text
+    assert "| `num_clusters` |" in (tmp_path / "presets.md").read_text()
