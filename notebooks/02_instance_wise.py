@@ -53,7 +53,7 @@ import torch
 from IPython.display import Code, Markdown, display
 
 from ucdir_lite import chapter, datasets, losses, model, plots, train
-from ucdir_lite.ablation import RULE, WARMUP, train_arm
+from ucdir_lite.ablation import WARMUP, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
@@ -329,8 +329,8 @@ display(Markdown(chapter.numbered("Summary", [
     f"({b}→{a}, {lift['B->A']:+.1f}); chance is {100 / cfg.num_classes:.1f}.",
     f"The {cfg.epochs - cfg.warmup_epochs} epochs after the warm-up changed P@{k} by "
     f"{warm_step[0]:+.1f} ({a}→{b}) and {warm_step[1]:+.1f} ({b}→{a}) on this seed; one seed "
-    "says nothing about whether such a change is reproducible: the book's rule needs several "
-    f"({RULE}).",
+    "says nothing about whether such a change is reproducible: the book's rule "
+    "(`ablation.RULE`, notebook 6) needs several.",
     f"In-domain minus cross-domain P@{k}: {gap['A->A'] - gap['A->B']:+.1f} for {a} queries, "
     f"{gap['B->B'] - gap['B->A']:+.1f} for {b} queries. No term of L_IW acts "
     "on the gap between the domains; chapters 4 and 5 add the terms that do.",

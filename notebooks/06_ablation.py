@@ -174,7 +174,7 @@ print(f"{len(settings['pairs'])} pair(s) x {len(settings['seeds'])} seed(s) x (1
 results = run_ablation(**settings, preset=preset, out=None, progress=False)
 timing = results["timing"]
 print(f"{timing['runs_trained']} runs trained now, {timing['runs_reused']} reused from the "
-      "run cache")
+      "run cache\n(both counts include the shared L_DD stems, when the preset has them)")
 if smoke_mode():
     print("smoke mode: a tiny model trained for a few epochs; the numbers below exercise the "
           "code and mean nothing")
@@ -453,7 +453,7 @@ def verdict_counts(lower, upper, directions):
 
 
 def counted(counts):
-    return ", ".join(f"{n} {v}" for v, n in counts.items())
+    return ", ".join(f"{v} in {n}" for v, n in counts.items()) + f" (of {n_cross} columns)"
 
 
 n_cross = len(results["pairs"]) * len(CROSS)
@@ -464,14 +464,14 @@ statements = [
     f"columns ({len(results['pairs'])} pairs x 2 directions, {len(results['seeds'])} seeds).",
 ]
 for lower, upper in STEPS:
-    statements.append(f"{upper} − {lower}, cross-domain {metric}: "
+    statements.append(f"{upper} − {lower}, cross-domain {metric}: verdict "
                       f"{counted(verdict_counts(lower, upper, CROSS))}.")
 statements.append(
     f"The paper's ordering IW < CW < CW+SE < Full holds, every step a gain, in "
     f"{counts['cross'][0]} of {counts['cross'][1]} cross-domain and {counts['in'][0]} of "
     f"{counts['in'][1]} in-domain columns.")
-statements += [f"The domain gap of {pair} (in-domain minus cross-domain) from IW to Full "
-               f"{gap_words[verdict]}." for pair, verdict in gap_verdicts.items()]
+statements += [f"From IW to Full, the domain gap of {pair.replace('->', '→')} (in-domain minus "
+               f"cross-domain) {gap_words[verdict]}." for pair, verdict in gap_verdicts.items()]
 if smoke_mode():
     statements.append("Smoke mode: a tiny model trained for a few epochs; these statements "
                       "exercise the code and mean nothing.")

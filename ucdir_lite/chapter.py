@@ -85,8 +85,9 @@ def runtime_note(start: float, run_dirs: Iterable[str | os.PathLike | None] = ()
             f"({cpu})")
     trained = chain_train_seconds(run_dirs)
     if trained is not None and trained > 0:
-        text += (f"; training its runs from an empty run cache took {trained:.0f} s "
-                 "(recorded in the cache when they were trained)")
+        text += (f"; training its runs, the shared ones included, took {trained:.0f} s summed "
+                 "over the runs (recorded in the run cache when they were trained; the "
+                 "ablation trains two runs at a time, so its wall-clock time is shorter)")
     return text + ". On a Colab GPU: not measured."
 
 
