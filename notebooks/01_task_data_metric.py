@@ -364,7 +364,7 @@ cross = [(domains[i], domains[j], table[i, j]) for i in range(len(domains))
 worst, best = min(cross, key=lambda c: c[2]), max(cross, key=lambda c: c[2])
 photo = [v for q, g, v in cross if "photo" in (q, g)]
 rest = [v for q, g, v in cross if "photo" not in (q, g)]
-display(Markdown(chapter.numbered("Summary", [
+display(Markdown(chapter.numbered([
     "The task: rank every image of the other domain by cosine similarity; labels only score "
     "the ranking, training never sees them.",
     f"On the toy ranking the pooled precision is P@1 = {p_at_k[1]:.0f}, P@2 = {p_at_k[2]:.0f}, "

@@ -320,7 +320,7 @@ display(plots.embedding_projection(
 # %% tags=["remove-input"]
 lift = {d: reports["IW"][d][f"P@{k}"] - reports["untrained"][d][f"P@{k}"] for d in ("A->B", "B->A")}
 warm_step = [reports["IW"][d][f"P@{k}"] - reports["warm-up"][d][f"P@{k}"] for d in ("A->B", "B->A")]
-display(Markdown(chapter.numbered("Summary", [
+display(Markdown(chapter.numbered([
     "L_IW asks each image's query feature to pick its own key out of a memory "
     "bank of one key per image; the key encoder is a momentum copy of the query encoder.",
     f"Without a label, the `IW` row lifts cross-domain P@{k} from {reports['untrained']['A->B'][f'P@{k}']:.1f} "
@@ -359,8 +359,10 @@ display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.v
 #
 # ```bash
 # ucdir-lite data prepare domainnet --root data/domainnet --domains clipart sketch
-# ucdir-lite ablate --preset domainnet --data-root data/domainnet --pairs clipart:sketch \
-#     --seeds 0 --arms IW --set weights=moco_v2_800ep_pretrain.pth.tar --out results/domainnet-iw
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
+#     --seeds 0 --arms IW --set weights=moco_v2_800ep_pretrain.pth.tar \
+#     --out results/domainnet-iw
 # ```
 #
 # or, in Python,

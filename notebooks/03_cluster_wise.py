@@ -380,7 +380,7 @@ display(plots.embedding_projection(
 # %% tags=["remove-input"]
 cw_minus_iw = {d: reports["CW"][d][f"P@{k}"] - reports["IW"][d][f"P@{k}"] for d in directions}
 purity_end = {name: [purity(final[name].labels[d], labels[d]) for d in (0, 1)] for name in runs}
-display(Markdown(chapter.numbered("Summary", [
+display(Markdown(chapter.numbered([
     f"k-means on the warm-up's fresh features gives clusters of purity "
     f"{purity(clusters.labels[0], labels[0]):.1f} % ({a}) and "
     f"{purity(clusters.labels[1], labels[1]):.1f} % ({b}), against "
@@ -429,8 +429,10 @@ print(f"domainnet CW row: cw_variant={real_cw.cw_variant}, cw_weight={real_cw.cw
 
 # %% [markdown]
 # ```bash
-# ucdir-lite ablate --preset domainnet --data-root data/domainnet --pairs clipart:sketch \
-#     --seeds 0 --arms CW --set weights=moco_v2_800ep_pretrain.pth.tar --out results/domainnet-cw
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
+#     --seeds 0 --arms CW --set weights=moco_v2_800ep_pretrain.pth.tar \
+#     --out results/domainnet-cw
 # ```
 #
 # or, in Python, `train_arm(get_preset("domainnet", weights="moco_v2_800ep_pretrain.pth.tar"),

@@ -133,7 +133,7 @@ for row in ARMS:
     print(f"{row:>20}: L_SE {form}")
 se_cfg = arm_config(cfg, "CW+SE")
 print(f"overrides of the CW+SE row: {chapter.format_overrides(ARMS['CW+SE'])}")
-print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weight}; "
+print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weight};\n"
       f"temperature {se_temperature(se_cfg)}; from epoch "
       f"{se_cfg.se_start if se_cfg.se_start is not None else se_cfg.warmup_epochs}")
 
@@ -227,7 +227,7 @@ entropy = {name: {side: float(losses.self_entropy_loss(p)) for side, p in sides.
            for name, sides in assignments.items()}
 se_minus_cw = {d: reports["CW+SE"][d][f"P@{k}"] - reports["CW"][d][f"P@{k}"]
                for d in ("A->B", "B->A", "A->A", "B->B")}
-display(Markdown(chapter.numbered("Summary", [
+display(Markdown(chapter.numbered([
     f"The `cpu` preset trains the official cross-domain form of L_SE (`se_variant="
     f"{se_cfg.se_variant!r}`, weight {se_cfg.se_weight:g}, temperature {tau_se}), which asks "
     "each image to commit to one cluster of its own domain and one of the other; the paper's "
@@ -273,7 +273,8 @@ for name in ("domainnet", "office-home"):
 # weights and a GPU):
 #
 # ```bash
-# ucdir-lite ablate --preset domainnet --data-root data/domainnet --pairs clipart:sketch \
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
 #     --seeds 0 --arms CW+SE --set weights=moco_v2_800ep_pretrain.pth.tar \
 #     --out results/domainnet-cwse
 # ```

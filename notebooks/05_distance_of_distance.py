@@ -373,7 +373,7 @@ display(plots.retrieval_gallery(
 # %% tags=["remove-input"]
 dd_step = {name: {d: reports[name][d][f"P@{k}"] - reports["CW+SE"][d][f"P@{k}"]
                   for d in ("A->B", "B->A")} for name in ("Full", "Full (official DoD)")}
-display(Markdown(chapter.numbered("Summary", [
+display(Markdown(chapter.numbered([
     f"Cluster numbers mean nothing across domains: {100 * same:.0f} % of the clusters with the "
     f"same number share their majority class; after the OT matching {100 * correct:.0f} % do.",
     f"The package's log-domain Sinkhorn agrees with POT's to {difference:.0e} at "
@@ -425,8 +425,10 @@ print(f"domainnet Full (official DoD) row: dd_variant={real_full.dd_variant}, "
 # weights and a GPU). Every row of the ablation on one pair and seed:
 #
 # ```bash
-# ucdir-lite ablate --preset domainnet --data-root data/domainnet --pairs clipart:sketch \
-#     --seeds 0 --set weights=moco_v2_800ep_pretrain.pth.tar --out results/domainnet
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
+#     --seeds 0 --set weights=moco_v2_800ep_pretrain.pth.tar \
+#     --out results/domainnet
 # ```
 #
 # The torch Sinkhorn runs on the GPU with the prototypes: `transport.sinkhorn` accepts CUDA

@@ -475,7 +475,7 @@ statements += [f"From IW to Full, the domain gap of {pair.replace('->', '→')} 
 if smoke_mode():
     statements.append("Smoke mode: a tiny model trained for a few epochs; these statements "
                       "exercise the code and mean nothing.")
-display(Markdown(chapter.numbered("Summary", statements)))
+display(Markdown(chapter.numbered(statements)))
 
 # %% [markdown]
 # ## Exercises

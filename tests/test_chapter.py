@@ -12,10 +12,11 @@ from ucdir_lite import chapter
 
 
 def test_numbered_lists_every_statement() -> None:
-    text = chapter.numbered("Summary", ["one", "two"])
+    text = chapter.numbered(["one", "two"], title="Summary")
     assert text.splitlines() == ["**Summary**", "", "1. one", "2. two"]
+    assert chapter.numbered(["one"]) == "1. one"
     with pytest.raises(ValueError, match="statements"):
-        chapter.numbered("Summary", [])
+        chapter.numbered([])
 
 
 def test_step_sentence_follows_the_rule() -> None:

@@ -21,11 +21,13 @@ __all__ = ["numbered", "step_sentence", "chain_train_seconds", "runtime_note",
            "format_overrides", "objective", "preset_table", "PRESET_REASONS"]
 
 
-def numbered(title: str, statements: Sequence[str]) -> str:
-    """A Markdown block ``**title**`` followed by the statements as a numbered list."""
+def numbered(statements: Sequence[str], title: str | None = None) -> str:
+    """The statements as a Markdown numbered list, after a bold ``title`` if one is given
+    (the chapters put theirs in a "Summary" heading instead)."""
     if not statements:
         raise ValueError("statements is empty: a summary states at least one thing")
-    return f"**{title}**\n\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(statements, 1))
+    head = f"**{title}**\n\n" if title else ""
+    return head + "\n".join(f"{i}. {s}" for i, s in enumerate(statements, 1))
 
 
 def step_sentence(diffs: Sequence[float], what: str, unit: str = "points") -> str:

@@ -211,7 +211,8 @@ def retrieval_gallery(
         ax.imshow(imgs_q[q], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         _bare(ax)
         hits = int((y_g[top[r]] == y_q[q]).sum())
-        ax.set_ylabel(f"{name(y_q[q])}\n{hits}/{k} hits", fontsize=10)
+        ax.set_ylabel(f"{name(y_q[q])}\n{hits}/{k} hits", fontsize=10, rotation=0,
+                      ha="right", va="center")
         if r == 0:
             ax.set_title("query", fontsize=10)
         for c, g in enumerate(top[r], start=1):
