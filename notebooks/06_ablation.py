@@ -207,7 +207,7 @@ if timing["runs_reused"] == 0:
 # depends on $K$: every $K$ of the preset at or above $R$ gives the same number, $P@R$. The
 # cell checks that in every run, and shows only the $K$ that carry information.
 
-# %%
+# %% tags=["hide-input"]
 ks = list(cfg.ks)
 n_classes = cfg.num_classes
 R = cfg.images_per_class  # gallery images of each class in the other domain

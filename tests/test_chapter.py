@@ -66,3 +66,5 @@ def test_objective_and_preset_table_read_the_config() -> None:
     table = chapter.preset_table()
     row = next(line for line in table.splitlines() if line.startswith("| `num_clusters`"))
     assert f"| {cpu.num_clusters} |" in row and chapter.PRESET_REASONS["num_clusters"] in row
+    paper = chapter.preset_table(("office-home", "domainnet"))
+    assert "why" not in paper and "| `num_clusters` | 30 | 65 | 7 |" in paper
