@@ -182,12 +182,13 @@ circle = unit(list(range(0, 361, 5)))
 ax.plot(circle[:, 0], circle[:, 1], color="0.85", zorder=0)
 for g, (x, y) in enumerate(gallery.tolist()):
     ax.scatter(x, y, s=120, color=colors[gallery_labels[g]])
-    ax.annotate(f"g{g}", (x, y), textcoords="offset points", xytext=(8, 4), fontsize=10)
+    offset = (-22, -4) if g == 4 else (8, 4)  # g4 sits next to query 1: label it outside
+    ax.annotate(f"g{g}", (x, y), textcoords="offset points", xytext=offset, fontsize=10)
 for q, (x, y) in enumerate(query.tolist()):
     ax.scatter(x, y, s=180, color=colors[query_labels[q]], marker="*",
                edgecolor="black")
     ax.annotate(f"query {q}", (x, y), textcoords="offset points",
-                xytext=(-14, -20) if q else (8, -14), fontsize=10)
+                xytext=(6, 8) if q else (8, -14), fontsize=10)
 for c, name in enumerate(class_names):
     ax.scatter([], [], color=colors[c], label=name)
 ax.set_aspect("equal")

@@ -3,9 +3,9 @@
 ``sphinx.ext.napoleon`` reads the first line of an attribute's docstring as ``type:
 description`` when it holds a colon, so ``"Generated benchmark only: number of classes."``
 (a ``TrainConfig`` field) rendered as "Type: Generated benchmark only". The package's
-attribute docstrings never state a type (the annotation does), so this handler, run before
-napoleon's, puts an empty first line in front of them: napoleon then finds no type and keeps
-the text as it is.
+attribute docstrings never state a type (the annotation does), so this handler, run after
+napoleon's, puts the text back together: it removes the ``:type:`` line napoleon added and
+restores the words before the colon at the start of the description.
 """
 
 from __future__ import annotations
@@ -13,12 +13,25 @@ from __future__ import annotations
 from typing import Any
 
 
-def _no_inline_type(app: Any, what: str, name: str, obj: Any, options: Any,
-                    lines: list[str]) -> None:
-    if what in ("attribute", "data", "property") and lines and lines[0].strip():
-        lines.insert(0, "")
+def _restore_first_line(app: Any, what: str, name: str, obj: Any, options: Any,
+                        lines: list[str]) -> None:
+    if what not in ("attribute", "data", "property"):
+        return
+    typed = [i for i, line in enumerate(lines) if line.startswith(":type: ")]
+    if not typed:
+        return
+    i = typed[-1]
+    head = lines[i][len(":type: "):].strip()
+    del lines[i]
+    if i > 0 and not lines[i - 1].strip():
+        del lines[i - 1]
+    first = next((j for j, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        lines.append(head)
+    else:
+        lines[first] = f"{head}: {lines[first].lstrip()}"
 
 
 def setup(app: Any) -> dict[str, Any]:
-    app.connect("autodoc-process-docstring", _no_inline_type, priority=400)
+    app.connect("autodoc-process-docstring", _restore_first_line, priority=600)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
