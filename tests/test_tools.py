@@ -399,3 +399,22 @@ def test_generated_parts_of_the_prose_pages(tmp_path: Path) -> None:
     text = (tmp_path / "cpu_objective.md").read_text()
     assert text.startswith("$$\n\\mathcal{L} = ") and "epoch" in text
     assert "| `num_clusters` |" in (tmp_path / "presets.md").read_text()
+
+
+@pytest.mark.parametrize("doc", [
+    "ResNets: 3x3 stem without max-pool (None: automatic, True when image_size <= 64).",
+    "Generated benchmark only: number of classes.",
+    "lambda_SE.",
+])
+def test_attribute_docstrings_keep_their_text(doc: str) -> None:
+    """napoleon (Google, then NumPy) splits 'a: b' into a type; the book's extension undoes it."""
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import GoogleDocstring, NumpyDocstring
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    extension = importlib.import_module("attribute_docstrings")
+    config = Config()
+    lines = GoogleDocstring([doc], config, what="attribute", name="x").lines()
+    lines = NumpyDocstring(lines, config, what="attribute", name="x").lines()
+    extension._restore_first_line(None, "attribute", "x", None, None, lines)
+    assert lines == [doc]
