@@ -260,7 +260,7 @@ display(plots.precision_bars(reports, f"P@{k}", directions=("A->B", "B->A", "A->
 # %%
 gap = {d: iw.metrics[d][f"P@{k}"] for d in ("A->B", "B->A", "A->A", "B->B")}
 for own, cross, x, y in (("A->A", "A->B", a, b), ("B->B", "B->A", b, a)):
-    print(f"IW, {x} queries: P@{k} = {gap[own]:.1f} in {x} itself, {gap[cross]:.1f} in {y}; "
+    print(f"IW, {x} queries: P@{k} {gap[own]:.1f} in {x}, {gap[cross]:.1f} in {y}, "
           f"difference {gap[own] - gap[cross]:+.1f}")
 
 # %% [markdown]

@@ -775,12 +775,14 @@ def precision_bars(
         bars = ax.bar(x + (d - (len(directions) - 1) / 2) * width, values, width,
                       label=direction.replace("->", "→"),
                       color=DIRECTION_COLORS[d % len(DIRECTION_COLORS)])
-        ax.bar_label(bars, fmt="%.1f", fontsize=9)
+        ax.bar_label(bars, fmt="%.1f", fontsize=9, padding=2,
+                     rotation=90 if len(directions) > 2 else 0)  # narrow bars: upright labels
     if reference is not None:
         ax.axhline(reference, color="0.3", linestyle="--", label=reference_label)
     ax.set_xticks(x, names)
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_ylim(0, min(105, 1.15 * max(max(float(reports[n][dr][metric]) for n in names
+    headroom = 1.25 if len(directions) > 2 else 1.15  # room for the (upright) labels
+    ax.set_ylim(0, min(112, headroom * max(max(float(reports[n][dr][metric]) for n in names
                                             for dr in directions), reference or 0) + 1))
     ax.legend(loc="lower right", fontsize=9)
     ax.set_title(title or f"Cross-domain retrieval, {metric}")
