@@ -1,6 +1,6 @@
 """Reference points for the ablation: chance, the warm-up's instance-wise model, supervised.
 
-For each domain pair of the default CPU ablation, P@50 in both directions (spec §7) of
+For each domain pair of the default CPU ablation, P@50 in both directions (book chapter 1) of
 
 - random features: i.i.d. Gaussian vectors (chance level, about 100 / number of classes),
 - a random encoder: the ``cpu`` preset's encoder with its random initialisation,

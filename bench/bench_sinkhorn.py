@@ -1,6 +1,6 @@
 """Benchmark: ``ucdir_lite.transport.sinkhorn`` against POT's ``ot.sinkhorn``.
 
-The problems look like the cluster matching of spec §5: K centroids per domain (unit-norm,
+The problems look like the cluster matching of book chapter 5: K centroids per domain (unit-norm,
 128-d), domain B a noisy permutation of domain A, squared-distance cost scaled to [0, 1]
 (as ``match_clusters`` does), uniform marginals, float64. All solvers get the same
 ``epsilon``, ``stopThr`` = tol = 1e-9 and ``numItermax`` = max_iter = 1000, and are timed

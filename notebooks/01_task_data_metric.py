@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -27,8 +27,8 @@
 # - measure how far raw pixels get on the benchmark, the number every later notebook has to
 #   beat.
 #
-# It runs in well under a minute on a CPU. With `UCDIR_SMOKE=1` in the environment it uses a
-# smaller benchmark through the same code.
+# It trains nothing; the time it took to build is printed at its end. With `UCDIR_SMOKE=1` in
+# the environment it uses a smaller benchmark through the same code.
 
 # %%
 # Colab setup: on Google Colab, install ucdir-lite from its repository.
@@ -44,19 +44,20 @@ if "google.colab" in sys.modules:
 # %%
 # %matplotlib inline
 import inspect
-from pathlib import Path
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Code, display
+from IPython.display import Code, Markdown, display
 
-from ucdir_lite import glyphs, metrics, plots
+from ucdir_lite import chapter, glyphs, metrics, plots
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.datasets import DomainDataset, common_classes, eval_transform
 from ucdir_lite.train import data_root
 from ucdir_lite.utils import resolve_device
 
+page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
 print(f"device: {device}; smoke mode: {smoke_mode()}")
@@ -103,10 +104,10 @@ print(f"device: {device}; smoke mode: {smoke_mode()}")
 
 # %%
 # The trainer's own call: glyphs.ensure_benchmark with the sizes in cfg.
-root = data_root(cfg)
-print(f"benchmark in {root}")
-print(f"{cfg.num_classes} classes x {cfg.images_per_class} images per class, "
-      f"{cfg.image_size}x{cfg.image_size} pixels")
+root = data_root(cfg)  # $UCDIR_DATA, else ~/.cache/ucdir_lite: a folder per benchmark size
+n_files = sum(1 for _ in root.glob("*/*/*.png"))
+print(f"{cfg.num_classes} classes x {cfg.images_per_class} images per class and domain, "
+      f"{cfg.image_size}x{cfg.image_size} pixels: {n_files} PNG files")
 print(f"domains: {', '.join(glyphs.DOMAINS)}")
 
 # %%
@@ -174,19 +175,20 @@ for q in range(len(query)):
     ranked = [f"g{g}:{class_names[gallery_labels[g]]}" for g in ranking[q]]
     print(f"query {q} ({class_names[query_labels[q]]}):", "  ".join(ranked))
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(5, 5))
 colors = ["tab:orange", "tab:blue", "tab:green"]
 circle = unit(list(range(0, 361, 5)))
 ax.plot(circle[:, 0], circle[:, 1], color="0.85", zorder=0)
 for g, (x, y) in enumerate(gallery.tolist()):
     ax.scatter(x, y, s=120, color=colors[gallery_labels[g]])
-    ax.annotate(f"g{g}", (x, y), textcoords="offset points", xytext=(8, 4))
+    offset = (-22, -4) if g == 4 else (8, 4)  # g4 sits next to query 1: label it outside
+    ax.annotate(f"g{g}", (x, y), textcoords="offset points", xytext=offset, fontsize=10)
 for q, (x, y) in enumerate(query.tolist()):
     ax.scatter(x, y, s=180, color=colors[query_labels[q]], marker="*",
                edgecolor="black")
     ax.annotate(f"query {q}", (x, y), textcoords="offset points",
-                xytext=(8, -12))
+                xytext=(6, 8) if q else (8, -14), fontsize=10)
 for c, name in enumerate(class_names):
     ax.scatter([], [], color=colors[c], label=name)
 ax.set_aspect("equal")
@@ -216,7 +218,7 @@ plt.show()
 by_hand = {1: 100 * 2 / 2, 2: 100 * 3 / 4, 4: 100 * 3 / 5}
 p_at_k = metrics.precision_at_k(query, query_labels, gallery, gallery_labels,
                                 ks=(1, 2, 4))
-print({k: round(v, 2) for k, v in p_at_k.items()})
+print("library: " + ", ".join(f"P@{k} = {v:.1f}" for k, v in p_at_k.items()))
 assert all(np.isclose(p_at_k[k], by_hand[k]) for k in by_hand), p_at_k
 
 # %% [markdown]
@@ -270,7 +272,7 @@ for i, query_domain in enumerate(domains):
     cells = ["-" if i == j else f"{v:.1f}" for j, v in enumerate(table[i])]
     print(f"{query_domain:>10}" + "".join(f"{c:>10}" for c in cells))
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(5.5, 4.5))
 image = ax.imshow(table, cmap="viridis", vmin=0, vmax=100)
 ax.set_xticks(range(len(domains)), domains)
@@ -317,35 +319,80 @@ display(gallery_fig)
 # %%
 for name in ("office-home", "domainnet"):
     preset = get_preset(name)
-    print(f"{name}: data_root={preset.data_root}, domains={preset.domains}")
+    print(f"{name}: data_root={preset.data_root}, domains={', '.join(preset.domains)}")
     print(f"  {preset.arch}, {preset.epochs} epochs, "
-          f"{preset.num_clusters} clusters, P@K for K in {preset.ks}")
+          f"{preset.num_clusters} clusters, P@K for K in {', '.join(map(str, preset.ks))}")
     print(f"  variants: cw={preset.cw_variant}, se={preset.se_variant}, "
           f"dd={preset.dd_variant}")
 
 # %% [markdown]
-# To use one of them:
+# This page does not run the code below: it needs the data (and, to train, a GPU). Prepare
+# DomainNet's clip art and sketches once, score raw pixels on them with the paper's $K$ (in this
+# notebook, after its cells have run), then train the full method:
 #
-# 1. prepare the data once (see above), into the preset's `data_root`, relative to the
-#    folder you run from: `ucdir-lite data prepare domainnet --root data/domainnet --domains
-#    clipart sketch`;
-# 2. in Python, `data_root(get_preset("domainnet"))` then returns the prepared folder, which
-#    `DomainDataset` and `load_domain` above read like the glyphs; the cell below scores
-#    raw pixels on the preset's domain pair with the paper's $K$ when the data is there;
-# 3. train with `ucdir-lite train --preset domainnet --device cuda` (the training notebooks
-#    show the same steps in Python).
+# ```bash
+# ucdir-lite data prepare domainnet --root data/domainnet --domains clipart sketch
+# ```
+#
+# ```python
+# preset = get_preset("domainnet")
+# root = data_root(preset)                 # data/domainnet, relative to the working folder
+# transform = eval_transform(32)           # 32x32 pixels: a baseline, not a model
+# classes = common_classes(root, preset.domains)
+# (x_a, y_a), (x_b, y_b) = map(load_domain, preset.domains)
+# print(metrics.retrieval_report(x_a.flatten(1), y_a, x_b.flatten(1), y_b, ks=preset.ks))
+# ```
+#
+# ```bash
+# ucdir-lite train --preset domainnet --data-root data/domainnet --device cuda \
+#     --set weights=moco_v2_800ep_pretrain.pth.tar --out runs/domainnet-full
+# ```
+#
+# **MoCo v2 weights.** The paper's presets start the ResNet-50 from MoCo v2
+# {cite}`chen2020mocov2` (800 epochs on ImageNet). Its authors publish the checkpoint,
+# `moco_v2_800ep_pretrain.pth.tar`, in their repository (github.com/facebookresearch/moco,
+# "Models"); download it yourself and pass its path: `--set weights=PATH` on the command line,
+# `get_preset("domainnet", weights=PATH)` in Python. The package reads a plain, a `state_dict`
+# or a MoCo v2 checkpoint and never downloads weights. {doc}`/book/setup` shows how to keep the
+# data, the weights and the run cache on Google Drive in Colab.
 
-# %%
-preset = get_preset("domainnet")
-if Path(preset.data_root).is_dir():
-    root = data_root(preset)
-    transform = eval_transform(32)  # 32x32 pixels: a baseline, not a model
-    classes = common_classes(root, preset.domains)
-    (x_a, y_a), (x_b, y_b) = map(load_domain, preset.domains)
-    z_a, z_b = x_a.flatten(start_dim=1), x_b.flatten(start_dim=1)
-    print(metrics.retrieval_report(z_a, y_a, z_b, y_b, ks=preset.ks))
-else:
-    print(f"{Path(preset.data_root).resolve()} is not prepared: skipped")
+# %% [markdown]
+# ## Summary
+
+# %% tags=["remove-input"]
+cross = [(domains[i], domains[j], table[i, j]) for i in range(len(domains))
+         for j in range(len(domains)) if i != j]
+worst, best = min(cross, key=lambda c: c[2]), max(cross, key=lambda c: c[2])
+photo = [v for q, g, v in cross if "photo" in (q, g)]
+rest = [v for q, g, v in cross if "photo" not in (q, g)]
+display(Markdown(chapter.numbered([
+    "The task: rank every image of the other domain by cosine similarity; labels only score "
+    "the ranking, training never sees them.",
+    f"On the toy ranking the pooled precision is P@1 = {p_at_k[1]:.0f}, P@2 = {p_at_k[2]:.0f}, "
+    f"P@4 = {p_at_k[4]:.0f}, by hand and from `metrics.precision_at_k`; averaging per query "
+    f"instead would give {100 * (2 / 3 + 1 / 2) / 2:.1f} at K = 4.",
+    f"Raw pixels retrieve across domains at P@{k} = {worst[2]:.1f} ({worst[0]}→{worst[1]}) to "
+    f"{best[2]:.1f} ({best[0]}→{best[1]}), against {chance:.1f} for a random ranking.",
+    f"Pairs with the photo domain average P@{k} = {np.mean(photo):.1f}, the others "
+    f"{np.mean(rest):.1f}: backgrounds dominate the photos' pixels.",
+    f"On the book's pair, {a}→{b} scores {table[domains.index(a), domains.index(b)]:.1f} and "
+    f"{b}→{a} {table[domains.index(b), domains.index(a)]:.1f}: the baseline every later "
+    "chapter has to beat.",
+])))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Add a third query to the toy example, a bird at 190°, and predict the pooled $P@1$ and
+#    $P@2$ by hand before checking them with `metrics.precision_at_k`.
+# 2. Write the per-query average of $P@K$ and find a toy gallery in which it differs from the
+#    pooled figure by more than 10 points. Which queries does pooling weigh more?
+# 3. Generate a benchmark with more images per class, `data_root(get_preset("cpu",
+#    images_per_class=120))`, and score raw pixels again with `ks=(50, 100)`. Why do $P@100$ and
+#    $P@60$ now differ, when with 60 images per class they cannot?
+
+# %% tags=["remove-input"]
+display(Markdown(chapter.runtime_note(page_start)))
 
 # %% [markdown]
 # **Next:** the following notebooks learn features that beat these pixels, starting with the

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -27,8 +27,9 @@
 # - read its precision at $K$ in both directions and within each domain, and see the *domain
 #   gap* in a retrieval gallery and in a projection of the features.
 #
-# It trains for a few minutes on a CPU (once: the runs are cached). With `UCDIR_SMOKE=1` in
-# the environment it trains a tiny model on a tiny benchmark through the same code.
+# It trains two runs, once (they are cached); the time it took to build, and to train its runs,
+# is printed at its end. With `UCDIR_SMOKE=1` in the environment it trains a tiny model on a
+# tiny benchmark through the same code.
 
 # %%
 # Colab setup: on Google Colab, install ucdir-lite from its repository.
@@ -45,18 +46,18 @@ if "google.colab" in sys.modules:
 # %matplotlib inline
 import inspect
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Code, display
+from IPython.display import Code, Markdown, display
 
-from ucdir_lite import datasets, losses, model, plots, train
+from ucdir_lite import chapter, datasets, losses, model, plots, train
 from ucdir_lite.ablation import WARMUP, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
+page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
@@ -137,7 +138,7 @@ display(Code(inspect.getsource(model.momentum_update), language="python"))
 # which is how the key encoder is evaluated, these layers are plain batch norm.
 
 # %%
-print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled key batch "
+print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled key batch\n"
       f"(key_bn_splits = {cfg.key_bn_splits}; 1 is plain batch norm)")
 display(Code(inspect.getsource(train.shuffled_keys), language="python"))
 
@@ -161,7 +162,7 @@ display(Code(source[source.index("    for batch in"):source.index("    return {"
 # whatever the augmentations change (colour, scale, position) is what the features learn to
 # ignore:
 
-# %%
+# %% tags=["hide-input"]
 root = train.data_root(cfg)  # the generated benchmark, made if missing
 classes = datasets.common_classes(root, cfg.domains)
 
@@ -188,14 +189,14 @@ for row, domain in enumerate(cfg.domains):
             ax.imshow((views[v][c] * std + mean).clamp(0, 1).permute(1, 2, 0))
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[2 * row + v, 0].set_ylabel(f"{domain}\nview {v + 1}", fontsize=8)
+        axes[2 * row + v, 0].set_ylabel(f"{domain}\nview {v + 1}", fontsize=9)
 fig.suptitle("Two augmented views of six images per domain (a column is one image)")
 plt.show()
 
 # %% [markdown]
 # ## Training the baseline
 #
-# Every run in this book follows the schedule of spec §6: a **warm-up** of `warmup_epochs`
+# Every run in this book follows the same schedule {cite}`hu2022ucdir`: a **warm-up** of `warmup_epochs`
 # epochs on $\mathcal{L}_{IW}$ alone (clusters of random features would be meaningless),
 # then `epochs - warmup_epochs` more epochs with the losses of the run. The runs of the book
 # are the rows of the ablation (notebook 6), and they share the warm-up: it is trained once
@@ -211,14 +212,9 @@ plt.show()
 print(f"warm-up: {cfg.warmup_epochs} epochs of L_IW; the IW row: "
       f"{cfg.epochs - cfg.warmup_epochs} more epochs of L_IW")
 print(f"encoder: {cfg.arch} (width {cfg.width}), {cfg.feat_dim}-d features; "
-      f"batch {cfg.batch_size} per domain; {cfg.optimizer} lr {cfg.lr}; "
+      f"batch {cfg.batch_size} per domain;\n{cfg.optimizer} lr {cfg.lr}; "
       f"tau_iw {cfg.tau_iw}; m {cfg.m}")
-runs = {}
-for name in (WARMUP, "IW"):
-    start = time.perf_counter()
-    runs[name] = train_arm(cfg, name, progress=False)
-    print(f"{name}: ready in {time.perf_counter() - start:.0f} s "
-          f"(run folder {runs[name].out_dir.name} in the cache)")
+runs = {name: train_arm(cfg, name, progress=False) for name in (WARMUP, "IW")}
 
 # %% [markdown]
 # The history of a row includes the warm-up it forked (shaded). Left: $\mathcal{L}_{IW}$, the
@@ -232,8 +228,8 @@ display(plots.training_curves(iw.history, title="The IW row: L_IW per epoch"))
 # %% [markdown]
 # ## How well does it retrieve?
 #
-# The trainer ends every run with `ucdir_lite.train.evaluate`: the precision at $K$ (notebook
-# 1) of $A$ querying $B$ ($A\to B$), of $B$ querying $A$, and, for reference, of each domain
+# The trainer ends every run with `ucdir_lite.train.evaluate`: the precision at $K$ (see
+# notebook 1) of $A$ querying $B$ ($A\to B$), of $B$ querying $A$, and, for reference, of each domain
 # querying itself (the query left out). An encoder with random weights gives the starting
 # point.
 
@@ -264,17 +260,19 @@ display(plots.precision_bars(reports, f"P@{k}", directions=("A->B", "B->A", "A->
 # %%
 gap = {d: iw.metrics[d][f"P@{k}"] for d in ("A->B", "B->A", "A->A", "B->B")}
 for own, cross, x, y in (("A->A", "A->B", a, b), ("B->B", "B->A", b, a)):
-    print(f"IW, {x} queries: P@{k} = {gap[own]:.1f} in {x} itself, {gap[cross]:.1f} in {y} "
-          f"(in-domain minus cross-domain: {gap[own] - gap[cross]:+.1f})")
+    print(f"IW, {x} queries: P@{k} {gap[own]:.1f} in {x}, {gap[cross]:.1f} in {y}, "
+          f"difference {gap[own] - gap[cross]:+.1f}")
 
 # %% [markdown]
 # The last two lines say what training without a single label has bought over the untrained
 # encoder, and the table how far each row stands from chance. The in-domain columns are the
 # reference for the cross-domain ones: nothing in $\mathcal{L}_{IW}$ asks a sketch to land
-# near the clip art of its class, since each domain is trained against its own bank, so
-# whatever separates the two domains in feature space, the **domain gap**, is left as it is.
-# The differences printed above measure it in P@K; the projections at the end of this notebook
-# show it. The rest of the book is about closing it.
+# near the clip art of its class, since each domain is trained against its own bank, so no
+# term of the loss acts on the **domain gap**, whatever separates the two domains in feature
+# space. The in-domain minus cross-domain differences printed above measure it in P@K; they
+# need not be positive: a query can find its class more easily in the *other* domain when
+# that domain's images are easier to rank (a negative difference), and the gap shows up
+# instead as the domains' separate clouds in the projections at the end of this notebook.
 #
 # ## Looking at the retrievals
 #
@@ -317,27 +315,66 @@ display(plots.embedding_projection(
 # the right panels show which classes come together across the domains.
 
 # %% [markdown]
+# ## Summary
+
+# %% tags=["remove-input"]
+lift = {d: reports["IW"][d][f"P@{k}"] - reports["untrained"][d][f"P@{k}"] for d in ("A->B", "B->A")}
+warm_step = [reports["IW"][d][f"P@{k}"] - reports["warm-up"][d][f"P@{k}"] for d in ("A->B", "B->A")]
+display(Markdown(chapter.numbered([
+    "L_IW asks each image's query feature to pick its own key out of a memory "
+    "bank of one key per image; the key encoder is a momentum copy of the query encoder.",
+    f"Without a label, the `IW` row lifts cross-domain P@{k} from {reports['untrained']['A->B'][f'P@{k}']:.1f} "
+    f"to {reports['IW']['A->B'][f'P@{k}']:.1f} ({a}→{b}, {lift['A->B']:+.1f} points) and from "
+    f"{reports['untrained']['B->A'][f'P@{k}']:.1f} to {reports['IW']['B->A'][f'P@{k}']:.1f} "
+    f"({b}→{a}, {lift['B->A']:+.1f}); chance is {100 / cfg.num_classes:.1f}.",
+    f"The {cfg.epochs - cfg.warmup_epochs} epochs after the warm-up changed P@{k} by "
+    f"{warm_step[0]:+.1f} ({a}→{b}) and {warm_step[1]:+.1f} ({b}→{a}) on this seed; one seed "
+    "says nothing about whether such a change is reproducible: the book's rule "
+    "(`ablation.RULE`, notebook 6) needs several.",
+    f"In-domain minus cross-domain P@{k}: {gap['A->A'] - gap['A->B']:+.1f} for {a} queries, "
+    f"{gap['B->B'] - gap['B->A']:+.1f} for {b} queries. No term of L_IW acts "
+    "on the gap between the domains; chapters 4 and 5 add the terms that do.",
+])))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Train the `IW` row with another seed, `train_arm(get_preset("cpu", seed=1), "IW")`, and
+#    compare its P@K with seed 0's: how large is the seed-to-seed change next to the lift over
+#    the untrained encoder?
+# 2. Lower the InfoNCE temperature, `get_preset("cpu", tau_iw=0.07)`, and train the `IW` row
+#    again (a new warm-up: the temperature is part of the run key). Does retrieval improve?
+# 3. Set `key_bn_splits=1` (plain batch norm in the key encoder) and explain, with the
+#    paragraph on shuffling BN above, what the query could exploit.
+
+# %% tags=["remove-input"]
+display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.values()])))
+
+# %% [markdown]
 # ## Going further on a GPU
 #
-# The same two calls train the baseline of the paper's protocol on real data: prepare the data
-# once (notebook 1, e.g. `ucdir-lite data prepare domainnet --root data/domainnet --domains
-# clipart sketch`), then use the `domainnet` (or `office-home`) preset: a ResNet-50, which the
-# paper starts from MoCo v2 ImageNet weights (download the checkpoint and set `MOCO_V2` to
-# its path), trained for 200 epochs, hours on a GPU. The cell below runs only when you set
-# `RUN_REAL = True` and the data is there. The command line does the same:
-# `ucdir-lite ablate --preset domainnet --pairs clipart:sketch --seeds 0 --arms IW`.
-
-# %%
-RUN_REAL = False  # set to True on a GPU machine with the data prepared
-MOCO_V2 = None  # the path of MoCo v2's moco_v2_800ep_pretrain.pth.tar, if you have it
-real = get_preset("domainnet", weights=MOCO_V2)  # or get_preset("office-home", ...)
-print(f"domainnet preset: {real.arch}, {real.epochs} epochs ({real.warmup_epochs} warm-up), "
-      f"batch {real.batch_size}, lr {real.lr}, P@K for K in {real.ks}, data in {real.data_root}")
-if RUN_REAL and Path(real.data_root).is_dir():
-    real_iw = train_arm(real, "IW")
-    print(real_iw.metrics)
-else:
-    print("skipped: set RUN_REAL = True on a GPU with the data prepared")
+# The same call trains the baseline of the paper's protocol on real data. This page does not
+# run it: it needs the prepared data and hours on a GPU. Prepare the data once (notebook 1),
+# download the MoCo v2 checkpoint (notebook 1 says where from), then:
+#
+# ```bash
+# ucdir-lite data prepare domainnet --root data/domainnet --domains clipart sketch
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
+#     --seeds 0 --arms IW --set weights=moco_v2_800ep_pretrain.pth.tar \
+#     --out results/domainnet-iw
+# ```
+#
+# or, in Python,
+#
+# ```python
+# real = get_preset("domainnet", weights="moco_v2_800ep_pretrain.pth.tar")
+# real_iw = train_arm(real, "IW")   # the shared warm-up, then the IW row, through the run cache
+# print(real_iw.metrics)
+# ```
+#
+# The `domainnet` preset trains a ResNet-50 for 200 epochs, 20 of them warm-up, with batches
+# of 64 images per domain; `get_preset("domainnet")` prints every setting.
 
 # %% [markdown]
 # **Next:** notebook 3 adds the cluster-wise contrastive loss, which groups the images of each

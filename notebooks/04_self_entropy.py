@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -26,8 +26,9 @@
 # - train the `CW+SE` row of the ablation and compare the entropy of the assignments and the
 #   precision at $K$ with the `CW` row of notebook 3.
 #
-# It trains for a few minutes on a CPU (the earlier rows come from the run cache). With
-# `UCDIR_SMOKE=1` it trains a tiny model through the same code.
+# It trains one row (the earlier rows come from the run cache); the time it took to build, and
+# to train its runs, is printed at its end. With `UCDIR_SMOKE=1` it trains a tiny model through
+# the same code.
 
 # %%
 # Colab setup: on Google Colab, install ucdir-lite from its repository.
@@ -45,16 +46,16 @@ if "google.colab" in sys.modules:
 import inspect
 import math
 import time
-from pathlib import Path
 
 import torch
-from IPython.display import Code, display
+from IPython.display import Code, Markdown, display
 
-from ucdir_lite import clustering, datasets, losses, plots, train
+from ucdir_lite import chapter, clustering, datasets, losses, plots, train
 from ucdir_lite.ablation import ARMS, arm_config, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
+page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
@@ -127,13 +128,12 @@ def se_temperature(row_cfg):
 
 for row in ARMS:
     row_cfg = arm_config(cfg, row)
-    form = (f"se_variant={row_cfg.se_variant!r} -> losses."
-            f"{SE_FORMS[row_cfg.se_variant].__name__}, tau = {se_temperature(row_cfg)}"
+    form = (f"{SE_FORMS[row_cfg.se_variant].__name__}, tau = {se_temperature(row_cfg)}"
             if row_cfg.se else "off")
     print(f"{row:>20}: L_SE {form}")
 se_cfg = arm_config(cfg, "CW+SE")
-print(f"overrides of the CW+SE row: {ARMS['CW+SE']}")
-print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weight}; "
+print(f"overrides of the CW+SE row: {chapter.format_overrides(ARMS['CW+SE'])}")
+print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weight};\n"
       f"temperature {se_temperature(se_cfg)}; from epoch "
       f"{se_cfg.se_start if se_cfg.se_start is not None else se_cfg.warmup_epochs}")
 
@@ -144,11 +144,7 @@ print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weig
 # `CW` row's loss. The `CW` row (notebook 3) comes from the cache, or is trained now.
 
 # %%
-runs = {}
-for name in ("IW", "CW", "CW+SE"):
-    start = time.perf_counter()
-    runs[name] = train_arm(cfg, name, progress=False)
-    print(f"{name}: ready in {time.perf_counter() - start:.0f} s")
+runs = {name: train_arm(cfg, name, progress=False) for name in ("IW", "CW", "CW+SE")}
 
 # %%
 display(plots.training_curves(runs["CW+SE"].history, title="The CW+SE row: loss terms per epoch"))
@@ -175,9 +171,10 @@ for name in ("CW", "CW+SE"):
         "own": clustering.soft_assign(feats[1], clusters.centroids[1], tau=tau_se),
         "other": clustering.soft_assign(feats[1], clusters.centroids[0], tau=tau_se),
     }
-    print(f"{name:>6}: mean entropy of the {b} images, own prototypes "
+    print(f"{name:>6}: mean entropy of the {b} images: own prototypes "
           f"{losses.self_entropy_loss(assignments[name]['own']):.3f}, {a} prototypes "
-          f"{losses.self_entropy_loss(assignments[name]['other']):.3f} (log K = {math.log(K):.3f})")
+          f"{losses.self_entropy_loss(assignments[name]['other']):.3f}")
+print(f"(largest possible: log K = {math.log(K):.3f})")
 
 # %%
 for side, prototypes in (("own", b), ("other", a)):
@@ -223,27 +220,66 @@ display(plots.retrieval_gallery(
     class_names=dataset_a.classes, title=f"CW+SE features: {a} queries, top 8 {b} images"))
 
 # %% [markdown]
+# ## Summary
+
+# %% tags=["remove-input"]
+entropy = {name: {side: float(losses.self_entropy_loss(p)) for side, p in sides.items()}
+           for name, sides in assignments.items()}
+se_minus_cw = {d: reports["CW+SE"][d][f"P@{k}"] - reports["CW"][d][f"P@{k}"]
+               for d in ("A->B", "B->A", "A->A", "B->B")}
+display(Markdown(chapter.numbered([
+    f"The `cpu` preset trains the official cross-domain form of L_SE (`se_variant="
+    f"{se_cfg.se_variant!r}`, weight {se_cfg.se_weight:g}, temperature {tau_se}), which asks "
+    "each image to commit to one cluster of its own domain and one of the other; the paper's "
+    "in-domain form is shown, not trained.",
+    f"Mean entropy of the {b} images' assignments, `CW` → `CW+SE`: own prototypes "
+    f"{entropy['CW']['own']:.3f} → {entropy['CW+SE']['own']:.3f}, {a} prototypes "
+    f"{entropy['CW']['other']:.3f} → {entropy['CW+SE']['other']:.3f} (largest possible "
+    f"log K = {math.log(K):.3f}).",
+    chapter.step_sentence([se_minus_cw["A->B"]], f"`CW+SE` minus `CW`, P@{k} {a}→{b}")
+    + f"; {b}→{a}: {se_minus_cw['B->A']:+.1f}, in-domain {se_minus_cw['A->A']:+.1f} ({a}) "
+    f"and {se_minus_cw['B->B']:+.1f} ({b}). Notebook 6 applies the rule over three seeds.",
+])))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Train the paper's in-domain form, `train_arm(get_preset("cpu", se_variant="in_domain"),
+#    "CW+SE")`, and compare the entropy against the *other* domain's prototypes with this
+#    page's row: which form aligns the domains?
+# 2. Raise the weight, `get_preset("cpu", se_weight=2.0)`, and watch the loss curves and the
+#    cluster sizes: what happens when every image commits to a few large clusters?
+# 3. Change the temperature `se_tau` (0.01, 0.2) and explain from the formula why the entropy
+#    of the assignments, before any training, changes with it.
+
+# %% tags=["remove-input"]
+display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.values()])))
+
+# %% [markdown]
 # ## Going further on a GPU
 #
 # In the paper's protocol the self-entropy term, in the official cross-domain form, starts
 # later than the other cluster terms: the `domainnet` and `office-home` presets hold its
-# weight, temperature and first epoch (printed below). Prepare the data (notebook 1) and set
-# `RUN_REAL = True` on a GPU to train the `CW+SE` row there (`ucdir-lite ablate --preset
-# domainnet --pairs clipart:sketch --seeds 0 --arms CW+SE` on the command line). To try the
-# paper's in-domain form on the glyphs: `get_preset("cpu", se_variant="in_domain")`.
+# weight, temperature and first epoch:
 
 # %%
-RUN_REAL = False  # set to True on a GPU machine with the data prepared
-MOCO_V2 = None  # the path of MoCo v2's moco_v2_800ep_pretrain.pth.tar, if you have it
-real = get_preset("domainnet", weights=MOCO_V2)  # or get_preset("office-home", ...)
 for name in ("domainnet", "office-home"):
     row = arm_config(get_preset(name), "CW+SE")
-    print(f"{name} CW+SE row: se_variant={row.se_variant}, se_weight={row.se_weight}, "
+    print(f"{name} CW+SE row: se_variant={row.se_variant}, se_weight={row.se_weight:g}, "
           f"se_tau={row.se_tau}, from epoch {row.se_start} of {row.epochs}")
-if RUN_REAL and Path(real.data_root).is_dir():
-    print(train_arm(real, "CW+SE").metrics)
-else:
-    print("skipped: set RUN_REAL = True on a GPU with the data prepared")
+
+# %% [markdown]
+# This page does not run the training (it needs the prepared data, notebook 1, the MoCo v2
+# weights and a GPU):
+#
+# ```bash
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
+#     --seeds 0 --arms CW+SE --set weights=moco_v2_800ep_pretrain.pth.tar \
+#     --out results/domainnet-cwse
+# ```
+#
+# To try the paper's in-domain form on either preset: `se_variant="in_domain"`.
 
 # %% [markdown]
 # **Next:** notebook 5 matches the clusters of the two domains by optimal transport and asks

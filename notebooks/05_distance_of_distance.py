@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -27,8 +27,9 @@
 # - write the distance-of-distance loss $\mathcal{L}_{DD}$ and the official code's
 #   sample-level form, and compare the two `Full` rows of the ablation with the earlier rows.
 #
-# It trains two rows, a few minutes on a CPU (the earlier rows come from the run cache).
-# With `UCDIR_SMOKE=1` it trains a tiny model through the same code.
+# It trains two rows (the earlier rows come from the run cache); the time it took to build, and
+# to train its runs, is printed at its end. With `UCDIR_SMOKE=1` it trains a tiny model through
+# the same code.
 
 # %%
 # Colab setup: on Google Colab, install ucdir-lite from its repository.
@@ -45,19 +46,19 @@ if "google.colab" in sys.modules:
 # %matplotlib inline
 import inspect
 import time
-from pathlib import Path
 
 import numpy as np
 import ot
 import torch
-from IPython.display import Code, display
+from IPython.display import Code, Markdown, display
 
-from ucdir_lite import clustering, losses, plots, train, transport
+from ucdir_lite import chapter, clustering, losses, plots, train, transport
 from ucdir_lite.ablation import ARMS, arm_config, train_arm
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.datasets import load_image
 from ucdir_lite.utils import resolve_device
 
+page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
 cfg = get_preset("smoke" if smoke_mode() else "cpu")
@@ -76,9 +77,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}
 # to *look*, never to train).
 
 # %%
-start = time.perf_counter()
 se_run = train_arm(cfg, "CW+SE", progress=False)
-print(f"CW+SE row: ready in {time.perf_counter() - start:.0f} s")
 full_cfg = arm_config(cfg, "Full")
 data = train.build_data(cfg)  # each domain's images in bank order, as the trainer holds them
 features = [train.extract_features(se_run.encoder, d.eval_data, device)[0] for d in data]
@@ -111,7 +110,7 @@ print(f"clusters with the same number and the same majority class: {100 * same:.
 # ## Matching as optimal transport
 #
 # Spread a mass $1/K$ on every prototype of $A$ and of $B$ and move the mass of $A$ onto $B$
-# at the cost $C_{ij} = \|c^A_i - c^B_j\|_2^2$ per unit (spec §5):
+# at the cost $C_{ij} = \|c^A_i - c^B_j\|_2^2$ per unit {cite}`hu2022ucdir`:
 #
 # $$\min_\pi \sum_{i,j}\pi_{ij}C_{ij}\quad\text{s.t.}\quad \sum_j\pi_{ij}=\tfrac1K,\
 # \sum_i\pi_{ij}=\tfrac1K,\ \pi_{ij}\ge 0.$$
@@ -170,17 +169,32 @@ display(plots.heatmap([plan_pot, plan_torch], [f"POT ot.sinkhorn (eps = {epsilon
 
 # %%
 epsilons = (1.0, 0.2, epsilon, 0.01)
-plans = []
+plans, same_class = [], {}
 for eps in epsilons:
     plan, log = transport.sinkhorn(mass, mass, C_shown, eps, max_iter=5000, return_log=True,
                                    warn=False)
     plans.append(plan)
     best = plan.argmax(dim=1)
     agree = (major_a[order_a] == major_b[order_b][best]).float().mean().item()
-    print(f"eps = {eps:<5}: {log['n_iter']:4d} iterations (marginal error {log['err']:.0e}), "
-          f"max entry x K = {plan.max().item() * K:.2f}, best partner of the same class: "
-          f"{100 * agree:.0f} %")
+    same_class[eps] = 100 * agree
+    print(f"eps = {eps:<5}: {log['n_iter']:4d} iterations (error {log['err']:.0e}), "
+          f"max entry x K = {plan.max().item() * K:.2f}, same class: {100 * agree:.0f} %")
 display(plots.heatmap(plans, [f"eps = {eps}" for eps in epsilons], ncols=2, **labels))
+trend = "falls" if same_class[epsilons[-1]] < same_class[epsilons[0]] else "does not fall"
+print(f"best partner of the same class: {same_class[epsilons[0]]:.0f} % at eps = "
+      f"{epsilons[0]}, {same_class[epsilons[-1]]:.0f} % at eps = {epsilons[-1]}: it {trend} "
+      "as the plan sharpens")
+
+# %% [markdown]
+# Read the last column of the printout. With a large $\epsilon$ the plan is nearly uniform,
+# and the "best partner" of a cluster is decided by small differences that still follow the
+# cost: the nearest clusters of $B$ win, and they often share the majority class. As
+# $\epsilon$ shrinks the plan becomes a permutation, and a permutation must give *every*
+# cluster a partner of its own: two clusters of $A$ that both lie nearest to one cluster of
+# $B$ cannot both have it, and one of them is sent further away, often to another class. With
+# $K$ larger than the number of classes (two clusters per class, say), such conflicts are
+# common. The one-to-one constraint, not the solver, is what costs same-class partners; it is
+# also what the distance-of-distance loss needs, so the trainer keeps it.
 
 # %% [markdown]
 # ## The one-to-one matching
@@ -216,7 +230,7 @@ display(plots.heatmap(
 #
 # Once the clusters are matched, the two domains can be asked to share their *geometry*: if
 # clusters $i$ and $j$ are far apart in $A$, their partners should be as far apart in $B$
-# (spec §5; the library divides by $K^2$):
+# ({cite}`hu2022ucdir`; the library divides by $K^2$):
 #
 # $$\mathcal{L}_{DD} = \sum_{i,j}\Big|\,\|c^A_i-c^A_j\|_2 -
 # \|c^B_{\pi(i)}-c^B_{\pi(j)}\|_2\,\Big|$$
@@ -301,16 +315,13 @@ for name in ("Full", "Full (official DoD)"):
     row = arm_config(cfg, name)
     settings = (f"ot_epsilon = {row.ot_epsilon}, tau = {row.tau}" if row.dd_variant == "ot"
                 else f"dd_tau = {row.dd_tau}")
-    print(f"{name}: overrides {ARMS[name]}")
+    print(f"{name}: overrides {chapter.format_overrides(ARMS[name])}")
     print(f"    L_DD: dd_variant={row.dd_variant!r} -> losses."
-          f"{DD_FORMS[row.dd_variant].__name__}; lambda_DD = {row.dd_weight} from epoch "
+          f"{DD_FORMS[row.dd_variant].__name__};\n    lambda_DD = {row.dd_weight:g} from epoch "
           f"{row.dd_start if row.dd_start is not None else row.warmup_epochs}; {settings}")
     print(f"    L_CW: cw_variant={row.cw_variant!r}; L_SE: se_variant={row.se_variant!r}")
-runs = {}
-for name in ("IW", "CW", "CW+SE", "Full", "Full (official DoD)"):
-    start = time.perf_counter()
-    runs[name] = train_arm(cfg, name, progress=False)
-    print(f"{name}: ready in {time.perf_counter() - start:.0f} s")
+runs = {name: train_arm(cfg, name, progress=False)
+        for name in ("IW", "CW", "CW+SE", "Full", "Full (official DoD)")}
 
 # %%
 display(plots.training_curves(runs["Full"].history, title="The Full row: loss terms per epoch"))
@@ -335,8 +346,9 @@ display(plots.precision_bars(reports, f"P@{k}", reference=100 / cfg.num_classes,
 
 # %% [markdown]
 # The last two lines of the printout are what each form of $\mathcal{L}_{DD}$ adds to the
-# `CW+SE` row on this pair and seed (a negative number: it cost precision). One seed cannot separate a small effect
-# from the noise of training; notebook 6 runs every row with several seeds and two domain
+# `CW+SE` row on this pair and seed (a positive number: it gained precision on this seed; a
+# negative one: it cost precision). One seed cannot separate a small effect from the noise
+# of training; notebook 6 runs every row with several seeds and two domain
 # pairs and reports the spread, so read its table before drawing a conclusion. Finally,
 # the `Full` row's features and what they retrieve:
 
@@ -356,27 +368,71 @@ display(plots.retrieval_gallery(
     class_names=classes, title=f"Full features: {b} queries, their top 8 {a} images"))
 
 # %% [markdown]
+# ## Summary
+
+# %% tags=["remove-input"]
+dd_step = {name: {d: reports[name][d][f"P@{k}"] - reports["CW+SE"][d][f"P@{k}"]
+                  for d in ("A->B", "B->A")} for name in ("Full", "Full (official DoD)")}
+display(Markdown(chapter.numbered([
+    f"Cluster numbers mean nothing across domains: {100 * same:.0f} % of the clusters with the "
+    f"same number share their majority class; after the OT matching {100 * correct:.0f} % do.",
+    f"The package's log-domain Sinkhorn agrees with POT's to {difference:.0e} at "
+    f"eps = {epsilon}; the rounded matching equals the exact OT matching for "
+    f"{(matching.numpy() == exact).sum()} of {K} clusters.",
+    f"Sharpening the plan costs same-class partners: {same_class[epsilons[0]]:.0f} % at "
+    f"eps = {epsilons[0]}, {same_class[epsilon]:.0f} % at the preset's {epsilon}, "
+    f"{same_class[epsilons[-1]]:.0f} % at {epsilons[-1]} (the one-to-one constraint).",
+    f"The `cpu` preset trains the OT-matched form with lambda_DD = {full_cfg.dd_weight:g} from "
+    f"epoch {full_cfg.dd_start if full_cfg.dd_start is not None else full_cfg.warmup_epochs} "
+    f"of {full_cfg.epochs}, on top of the `CW+SE` row.",
+    chapter.step_sentence([dd_step["Full"]["A->B"]], f"`Full` minus `CW+SE`, P@{k} {a}→{b}")
+    + f"; {b}→{a}: {dd_step['Full']['B->A']:+.1f}. The official form: "
+    f"{dd_step['Full (official DoD)']['A->B']:+.1f} and "
+    f"{dd_step['Full (official DoD)']['B->A']:+.1f}. Notebook 6 applies the rule over three "
+    "seeds and two pairs.",
+])))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Sweep $\epsilon$ in `transport.match_clusters` (0.5, 0.1, 0.05, 0.01) on this page's
+#    prototypes and plot the share of matched clusters with the same majority class. Where
+#    does it fall, and why (see "What $\epsilon$ does")?
+# 2. Train the `Full` row with $K$ equal to the number of classes, `get_preset("cpu",
+#    num_clusters=30)`: are the matched clusters more often of one class?
+# 3. Start $\mathcal{L}_{DD}$ with the other cluster losses, `get_preset("cpu", dd_start=None)`,
+#    and with a larger weight, `dd_weight=1.0`: what does the `Full` row gain or lose on three
+#    seeds by the book's rule? (`run_ablation(pairs=[("clipart", "sketch")], arms=["CW+SE",
+#    "Full"], overrides={"dd_weight": 1.0}, out=None)` trains them through the run cache.)
+
+# %% tags=["remove-input"]
+display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.values()])))
+
+# %% [markdown]
 # ## Going further on a GPU
 #
 # The paper's protocol uses the sample-level form (`dd_variant="sample"`); the `domainnet`
-# and `office-home` presets hold its weight, temperature and first epoch. Prepare the
-# data (notebook 1) and set `RUN_REAL = True` on a GPU to train the `Full (official DoD)` row
-# (`ucdir-lite ablate --preset domainnet --pairs clipart:sketch --seeds 0` trains every row).
-# The torch Sinkhorn runs on the GPU with the prototypes: `transport.sinkhorn` accepts CUDA
-# tensors as they are.
+# and `office-home` presets hold its weight, temperature and first epoch:
 
 # %%
-RUN_REAL = False  # set to True on a GPU machine with the data prepared
-MOCO_V2 = None  # the path of MoCo v2's moco_v2_800ep_pretrain.pth.tar, if you have it
-real = get_preset("domainnet", weights=MOCO_V2)  # or get_preset("office-home", ...)
-real_full = arm_config(real, "Full (official DoD)")
+real_full = arm_config(get_preset("domainnet"), "Full (official DoD)")
 print(f"domainnet Full (official DoD) row: dd_variant={real_full.dd_variant}, "
-      f"dd_weight={real_full.dd_weight}, dd_tau={real_full.dd_tau}, "
+      f"dd_weight={real_full.dd_weight:g}, dd_tau={real_full.dd_tau}, "
       f"from epoch {real_full.dd_start} of {real_full.epochs}")
-if RUN_REAL and Path(real.data_root).is_dir():
-    print(train_arm(real, "Full (official DoD)").metrics)
-else:
-    print("skipped: set RUN_REAL = True on a GPU with the data prepared")
+
+# %% [markdown]
+# This page does not run the training (it needs the prepared data, notebook 1, the MoCo v2
+# weights and a GPU). Every row of the ablation on one pair and seed:
+#
+# ```bash
+# ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --pairs clipart:sketch \
+#     --seeds 0 --set weights=moco_v2_800ep_pretrain.pth.tar \
+#     --out results/domainnet
+# ```
+#
+# The torch Sinkhorn runs on the GPU with the prototypes: `transport.sinkhorn` accepts CUDA
+# tensors as they are.
 
 # %% [markdown]
 # **Next:** notebook 6 runs the whole ablation, every row on two domain pairs and several

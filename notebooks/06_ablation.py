@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -27,11 +27,12 @@
 # - say where the ordering `IW` < `CW` < `CW+SE` < `Full` that the paper claims holds on
 #   the embedded benchmark, and where it does not.
 #
-# It is the longest notebook: the first time, it trains about thirty runs, about twenty to
-# twenty-five minutes on two CPU cores (`bench/README.md` gives measured times and the
-# machine); runs already in the cache (those of notebooks 2–5, or of an earlier execution)
-# take no time. With `UCDIR_SMOKE=1` it runs a tiny ablation in seconds through the
-# same code.
+# It is the longest notebook: the first time, it trains every run of the table that is not in
+# the run cache yet (the count is printed below); runs already there (those of notebooks 2–5,
+# or of an earlier execution) take no time. How long this page and the training of its runs
+# took on the machine that built it is printed at its end; `bench/README.md` records cold
+# timings on a two-core machine. With `UCDIR_SMOKE=1` it runs a tiny ablation in seconds
+# through the same code.
 
 # %%
 # Colab setup: on Google Colab, install ucdir-lite from its repository.
@@ -49,16 +50,16 @@ if "google.colab" in sys.modules:
 import math
 import statistics
 import time
-from pathlib import Path
 
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
-from ucdir_lite import ablation
+from ucdir_lite import ablation, chapter
 from ucdir_lite.ablation import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, arm_config, run_ablation
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
+page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of notebooks 2-5: their runs (clipart -> sketch, seed 0) are rows of this table.
 preset = "smoke" if smoke_mode() else "cpu"
@@ -71,7 +72,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 # A method built from several parts raises a question that its final score cannot answer:
 # which part does the work? An **ablation** answers it by training the method with parts
 # switched off, everything else held fixed, and comparing. UCDIR has four loss terms; after
-# the warm-up on $\mathcal{L}_{IW}$ alone the package trains (spec §6)
+# the warm-up on $\mathcal{L}_{IW}$ alone the package trains
 #
 # $$\mathcal{L} = w_{IW}\,\mathcal{L}_{IW} + w_{CW}\,\mathcal{L}_{CW}
 # + \lambda_{SE}\,\mathcal{L}_{SE} + \lambda_{DD}\,\mathcal{L}_{DD},$$
@@ -83,7 +84,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 # | `IW` | nothing: $\mathcal{L}_{IW}$ alone, the instance-wise baseline | 2 |
 # | `CW` | the cluster-wise contrastive loss $\mathcal{L}_{CW}$ | 3 |
 # | `CW+SE` | the self-entropy loss $\mathcal{L}_{SE}$ | 4 |
-# | `Full` | the distance-of-distance loss $\mathcal{L}_{DD}$ between OT-matched centroids (spec §5, the tutorial's default) | 5 |
+# | `Full` | the distance-of-distance loss $\mathcal{L}_{DD}$ between OT-matched centroids (the tutorial's default) | 5 |
 # | `Full (official DoD)` | $\mathcal{L}_{DD}$ in the official code's sample-level form, instead | 5 |
 #
 # The paper's ablation has the first four rows; the fifth is this book's extra row, the
@@ -101,7 +102,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 # copy of the training code. Here are the loss terms each row trains after the warm-up, read
 # off its config:
 
-# %%
+# %% tags=["hide-input"]
 def loss_terms(row):
     """The loss terms a row's config trains after the warm-up, with their weights."""
     terms = [f"{row.iw_weight:g} L_IW"] if row.iw_weight > 0 else []
@@ -121,7 +122,8 @@ for arm, overrides in ARMS.items():
 display(Markdown("\n".join(lines)))
 after = cfg.epochs - cfg.warmup_epochs
 print(f"preset {preset!r}: warm-up {cfg.warmup_epochs} epochs, then {after} epochs per row; "
-      f"K = {cfg.num_clusters} clusters per domain")
+      f"K = {cfg.num_clusters} clusters per domain; L_DD from epoch "
+      f"{cfg.dd_start if cfg.dd_start is not None else cfg.warmup_epochs}")
 
 # %% [markdown]
 # ## Running the ablation
@@ -150,6 +152,11 @@ print(f"preset {preset!r}: warm-up {cfg.warmup_epochs} epochs, then {after} epoc
 #
 # The notebook passes `out=None` so that it writes nothing into the repository; the command
 # line, `ucdir-lite ablate`, writes the same table as `table.md`, `rows.csv` and a chart.
+#
+# **On Colab**, a fresh runtime has an empty run cache, and this page would train every run
+# again. Keep the cache on Google Drive (set `UCDIR_RUNS` before the first `ucdir_lite`
+# import), or import the runs of a published archive with `ucdir-lite runs import`;
+# {doc}`/book/setup` gives both recipes.
 
 # %%
 if smoke_mode():
@@ -160,14 +167,14 @@ else:
     settings = dict(pairs=DEFAULT_PAIRS, seeds=DEFAULT_SEEDS)  # run_ablation's defaults
 n_runs = len(settings["pairs"]) * len(settings["seeds"]) * (1 + len(ARMS))
 print(f"{len(settings['pairs'])} pair(s) x {len(settings['seeds'])} seed(s) x (1 warm-up + "
-      f"{len(ARMS)} rows) = {n_runs} runs, in {ablation.default_cache_dir()}")
+      f"{len(ARMS)} rows) = {n_runs} runs, in the run cache ($UCDIR_RUNS, else "
+      "~/.cache/ucdir_lite/runs)")
 
 # %%
-start = time.perf_counter()
 results = run_ablation(**settings, preset=preset, out=None, progress=False)
 timing = results["timing"]
-print(f"ablation ready in {time.perf_counter() - start:.0f} s: {timing['runs_trained']} runs "
-      f"trained, {timing['runs_reused']} reused from the run cache")
+print(f"{timing['runs_trained']} runs trained now, {timing['runs_reused']} reused from the "
+      "run cache\n(both counts include the shared L_DD stems, when the preset has them)")
 if smoke_mode():
     print("smoke mode: a tiny model trained for a few epochs; the numbers below exercise the "
           "code and mean nothing")
@@ -183,8 +190,6 @@ for pair in results["pairs"]:
         reused = [r["arm"] for r in rows if r["reused"]]
         detail = f" ({', '.join(reused)})" if 0 < len(reused) < len(rows) else ""
         print(f"{pair}, seed {seed}: {len(reused)} of {len(rows)} runs reused{detail}")
-first = next(r for r in results["rows"] if r["seed"] == 0 and r["arm"] == "IW")
-print(f"e.g. the IW row of {first['pair']}, seed 0: {Path(first['run_dir']).name}")
 if timing["runs_reused"] == 0:
     print("nothing was reused: a new cache (run notebooks 2-5 first to see them reused)")
 
@@ -195,35 +200,29 @@ if timing["runs_reused"] == 0:
 # retrieval, the task: $A$ queries $B$ and $B$ queries $A$. The last two are **in-domain**
 # retrieval, each domain querying itself (the query left out), which the method is not
 # asked to do but which shows whether a term improves the features in general or aligns the
-# two domains. Cells are P@K in percent (spec §7), mean ± standard deviation over the seeds.
-
-# %%
-ks = list(cfg.ks)
-n_classes = cfg.num_classes
-for k in ks:
-    display(Markdown(f"**P@{k}** (%)\n\n" + ablation.ablation_table(results, ks=[k])))
-print(f"chance level: {100 / n_classes:.1f} % ({n_classes} classes of equal size)")
-
-# %% [markdown]
+# two domains. Cells are P@K in percent (notebook 1), mean ± standard deviation over the seeds.
+#
 # The precision at $K$ divides the hits among the top $\min(K, R)$ by $\min(K, R)$, where $R$
 # is the number of gallery images of the query's class. When $K \ge R$ the figure no longer
-# depends on $K$:
+# depends on $K$: every $K$ of the preset at or above $R$ gives the same number, $P@R$. The
+# cell checks that in every run, and shows only the $K$ that carry information.
 
-# %%
+# %% tags=["hide-input"]
+ks = list(cfg.ks)
+n_classes = cfg.num_classes
 R = cfg.images_per_class  # gallery images of each class in the other domain
+shown = [k for k in ks if k < R] or ks[:1]
 capped = [k for k in ks if k >= R]
 if len(capped) > 1:
     same = all(r["metrics"][d][f"P@{capped[0]}"] == r["metrics"][d][f"P@{k}"]
-               for r in results["rows"] for d in ("A->B", "B->A") for k in capped)
+               for r in results["rows"] for d in ablation.DIRECTIONS for k in capped)
     names = " and ".join(f"P@{k}" for k in capped)
-    if same:
-        print(f"R = {R} images per class: {names} each equal P@{R} across domains, the same "
-              f"number in every run; the P@{ks[0]} table is the one with news")
-    else:
-        print(f"R = {R} images per class, yet {names} differ in some run: check the metric")
-else:
-    print(f"R = {R} images per class: every K of {ks} is below R, so each column adds "
-          "information")
+    print(f"R = {R} images per class: {names} are not shown;\n"
+          + (f"they equal P@{R} in every run and direction (checked)" if same else
+             "yet they differ in some run: check the metric"))
+for k in shown:
+    display(Markdown(f"**P@{k}** (%)\n\n" + ablation.ablation_table(results, ks=[k])))
+print(f"chance level: {100 / n_classes:.1f} % ({n_classes} classes of equal size)")
 
 # %% [markdown]
 # The same numbers as a chart, for the first $K$: one panel per pair, one bar per row,
@@ -243,7 +242,7 @@ display(ablation.plot_ablation(results, k=ks[0]))
 # a step a finding only by a rule stated in advance (`ablation.RULE`, applied by
 # `ablation.paired_verdict`):
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown(f"> {ablation.RULE[0].upper()}{ablation.RULE[1:]}."))
 DIRECTIONS = ("A->B", "B->A", "A->A", "B->B")
 CROSS, IN_DOMAIN = DIRECTIONS[:2], DIRECTIONS[2:]
@@ -293,12 +292,12 @@ for pair in results["pairs"]:
     display(Markdown("\n".join(lines)))
 
 
-# %%
+# %% tags=["hide-input"]
 def plot_steps(results):
     """One panel per pair: the mean change of each step, per direction, error bars = sd."""
     pairs = results["pairs"]
-    fig = Figure(figsize=(4.6 * len(pairs) + 1.5, 3.4), layout="constrained")
-    axes = fig.subplots(1, len(pairs), squeeze=False, sharey=True)[0]
+    fig = Figure(figsize=(7.2, 3.3 * len(pairs)), layout="constrained")
+    axes = fig.subplots(len(pairs), 1, squeeze=False, sharey=True)[:, 0]
     width = 0.8 / len(DIRECTIONS)
     for ax, pair in zip(axes, pairs, strict=True):
         for j, direction in enumerate(DIRECTIONS):
@@ -309,10 +308,10 @@ def plot_steps(results):
             ax.bar(x, [g[0] for g in gains], width, yerr=sd, capsize=2, hatch=hatch,
                    label=direction_name(pair, direction))
         ax.axhline(0, color="0.3", lw=0.8)
-        ax.set_xticks(range(len(STEPS)), [f"{u}\n− {lo}" for lo, u in STEPS], fontsize=7)
-        ax.set_title(pair)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel(f"change of {metric} (points)")
+        ax.set_xticks(range(len(STEPS)), [f"{u}\n− {lo}" for lo, u in STEPS], fontsize=9)
+        ax.set_title(pair, fontsize=10)
+        ax.set_ylabel(f"change of {metric}\n(points)", fontsize=9)
+        ax.legend(fontsize=9, ncols=2)
     return fig
 
 
@@ -327,7 +326,7 @@ display(plot_steps(results))
 # as much as a loss does, since the table then cannot tell that term's contribution from the
 # noise of training. Every number in the text it prints is computed from the table above.
 
-# %%
+# %% tags=["hide-input"]
 def ordering(pair, direction):
     """(holds: every step a gain, the steps that are not, every step) for one column."""
     gains = {(lo, up): step(pair, lo, up, direction) for lo, up in CHAIN_STEPS}
@@ -361,7 +360,7 @@ display(Markdown(summary + "\n\n" + "\n".join(reading)))
 # change within a domain, and the **domain gap**, in-domain minus cross-domain precision.
 # Second, the two forms of $\mathcal{L}_{DD}$, side by side.
 
-# %%
+# %% tags=["hide-input"]
 def mean_over(pair, arm, directions):
     """The mean over seeds and over `directions` of one row's figure."""
     return statistics.fmean(v for d in directions for v in per_seed(pair, arm, d).values())
@@ -375,13 +374,14 @@ def gap_per_seed(pair, arm):
             for s in inside[0]}
 
 
-reading = []
+reading, gap_verdicts = [], {}
 for pair in results["pairs"]:
     cross_gain = statistics.fmean(step(pair, "IW", "Full", d)[0] for d in CROSS)
     in_gain = statistics.fmean(step(pair, "IW", "Full", d)[0] for d in IN_DOMAIN)
     gap_iw, gap_full = gap_per_seed(pair, "IW"), gap_per_seed(pair, "Full")
     gap_diffs = [gap_full[s] - gap_iw[s] for s in sorted(gap_iw)]
     verdict = ablation.paired_verdict([-d for d in gap_diffs])  # a gain = the gap narrows
+    gap_verdicts[pair] = verdict
     gap_text = {"gain": "narrows", "loss": "widens",
                 "no measurable effect": "does not change measurably"}[verdict]
     reading.append(
@@ -443,45 +443,92 @@ display(Markdown("\n".join(reading)))
 # art serves itself); what matters is how it moves from row to row.
 
 # %% [markdown]
+# ## Summary
+
+# %% tags=["remove-input"]
+def verdict_counts(lower, upper, directions):
+    """{verdict: number of (pair, direction) columns} for one step."""
+    found = [step(pair, lower, upper, d)[5] for pair in results["pairs"] for d in directions]
+    return {v: found.count(v) for v in ("gain", "no measurable effect", "loss") if v in found}
+
+
+def counted(counts):
+    return ", ".join(f"{v} in {n}" for v, n in counts.items()) + f" (of {n_cross} columns)"
+
+
+n_cross = len(results["pairs"]) * len(CROSS)
+gap_words = {"gain": "narrows", "loss": "widens", "no measurable effect":
+             "does not change measurably (no measurable effect)"}
+statements = [
+    f"The rule: {ablation.RULE}. Each step below is judged on the {n_cross} cross-domain "
+    f"columns ({len(results['pairs'])} pairs x 2 directions, {len(results['seeds'])} seeds).",
+]
+for lower, upper in STEPS:
+    statements.append(f"{upper} − {lower}, cross-domain {metric}: verdict "
+                      f"{counted(verdict_counts(lower, upper, CROSS))}.")
+statements.append(
+    f"The paper's ordering IW < CW < CW+SE < Full holds, every step a gain, in "
+    f"{counts['cross'][0]} of {counts['cross'][1]} cross-domain and {counts['in'][0]} of "
+    f"{counts['in'][1]} in-domain columns.")
+statements += [f"From IW to Full, the domain gap of {pair.replace('->', '→')} (in-domain minus "
+               f"cross-domain) {gap_words[verdict]}." for pair, verdict in gap_verdicts.items()]
+if smoke_mode():
+    statements.append("Smoke mode: a tiny model trained for a few epochs; these statements "
+                      "exercise the code and mean nothing.")
+display(Markdown(chapter.numbered(statements)))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Add seeds: `run_ablation(seeds=(0, 1, 2, 3, 4), out=None)` trains only the new ones.
+#    Which verdicts change from "no measurable effect" to a gain or a loss, and which stay?
+# 2. Run the ablation with the paper's loss forms on the embedded data,
+#    `run_ablation(overrides={"cw_variant": "prototype", "se_variant": "in_domain"},
+#    out=None)`, and compare the `CW − IW` step with this page's.
+# 3. `ablation.gain_table(results)` compares every row with `IW` directly. Why can a row be a
+#    gain over `IW` while the step that added its last term is no measurable effect?
+
+# %% tags=["remove-input"]
+display(Markdown(chapter.runtime_note(page_start, [r["run_dir"] for r in results["rows"]])))
+
+# %% [markdown]
 # ## Going further on a GPU
 #
-# On real data the same ablation is one command. Prepare the data once (notebook 1), then
-# run the paper protocol's presets, which use the official code's loss forms and schedule
-# (spec §8); `--data-root` points at the prepared folder:
+# On real data the same ablation is one command. This page does not run it: it needs the
+# prepared data, the MoCo v2 weights (notebook 1 says where they come from) and a GPU. Prepare
+# the data once, then run the paper protocol's presets, which use the official code's loss
+# forms and schedule (see {doc}`/book/differences`); `--data-root` points at the prepared
+# folder:
 #
 # ```bash
 # ucdir-lite data prepare domainnet --root data/domainnet --domains clipart sketch
 # ucdir-lite ablate --preset domainnet --data-root data/domainnet \
+#     --set weights=moco_v2_800ep_pretrain.pth.tar \
 #     --pairs clipart:sketch sketch:clipart --seeds 0 1 2 --out results/domainnet
 # ucdir-lite ablate --preset office-home --data-root data/office_home \
+#     --set weights=moco_v2_800ep_pretrain.pth.tar \
 #     --pairs "Real World:Clipart" --seeds 0 1 2 --out results/office-home
 # ```
 #
 # Office-Home's preset reports P@1, P@5 and P@15 (`--ks` sets other $K$). On a GPU the runs go
 # one at a time (`--jobs 1`, the default there); each trains a ResNet-50 on full-size images
 # for the epochs after the shared warm-up, hours per run, and the cache lets an interrupted
-# ablation resume. The command writes
-# `table.md`, `rows.csv`, `ablation.png` and `results.json` into `--out`; the cell below reads
-# such a folder back into this notebook's functions, or runs the ablation itself when you set
-# `RUN_REAL = True` on a GPU with the data prepared.
+# ablation resume. The command writes `table.md`, `rows.csv`, `ablation.png` and
+# `results.json` into `--out`; read such a folder back into this notebook's functions with
+#
+# ```python
+# results = ablation.load_results("results/domainnet")
+# display(Markdown(ablation.ablation_table(results)))
+# ```
+#
+# and the cells of "Reading the table" run on it unchanged. The shared warm-up saves work:
 
 # %%
-RUN_REAL = False  # set to True on a GPU machine with the data prepared
-MOCO_V2 = None  # the path of MoCo v2's moco_v2_800ep_pretrain.pth.tar, if you have it
-OUT = Path("results/domainnet")
-real = get_preset("domainnet", weights=MOCO_V2)  # or get_preset("office-home", ...)
+real = get_preset("domainnet")
 shared = real.warmup_epochs + len(ARMS) * (real.epochs - real.warmup_epochs)
-print(f"domainnet preset: {real.arch}, {real.epochs} epochs ({real.warmup_epochs} warm-up); "
+print(f"domainnet preset: {real.arch}, {real.epochs} epochs ({real.warmup_epochs} warm-up);\n"
       f"one pair and seed = {shared} epochs with the shared warm-up, instead of "
       f"{len(ARMS) * real.epochs} without")
-if RUN_REAL and Path(real.data_root).is_dir():
-    real_results = run_ablation([real.domains], (0,), preset="domainnet", out=OUT,
-                                overrides={"weights": MOCO_V2})
-    display(Markdown(ablation.ablation_table(real_results)))
-elif (OUT / "results.json").is_file():
-    display(Markdown(ablation.ablation_table(ablation.load_results(OUT))))
-else:
-    print("skipped: set RUN_REAL = True on a GPU with the data prepared")
 
 # %% [markdown]
 # **This is the last notebook.** {doc}`/book/differences` lists every place where the

@@ -20,7 +20,7 @@ def _rankings(query, gallery, exclude_self):
 
 
 def loop_precision(query, query_labels, gallery, gallery_labels, ks, exclude_self=False):
-    """Spec §7 as in the official code: sum of hits in the top min(K, R) / sum of min(K, R)."""
+    """P@K as the official code pools it: sum of hits in the top min(K, R) / sum of min(K, R)."""
     out = {}
     for k in ks:
         hits = total = 0

@@ -255,8 +255,13 @@ def test_training_curves_panels_and_data():
     np.testing.assert_allclose(cw.get_ydata(), [np.nan, np.nan, 0.5, 1 / 3])
     pk = fig.axes[3]
     assert pk.get_title() == "P@5"
-    np.testing.assert_allclose(pk.lines[0].get_xdata(), [2, 4])
-    np.testing.assert_allclose(pk.lines[1].get_ydata(), [20, 60])
+    # two evaluations make no curve: one group of bars per evaluation, per direction
+    assert [t.get_text() for t in pk.get_xticklabels()] == ["2 epochs", "4 epochs"]
+    np.testing.assert_allclose([bar.get_height() for bar in pk.containers[1]], [20, 60])
+    more = _history()
+    more[0]["metrics"] = more[1]["metrics"]
+    curve = plots.training_curves(more).axes[3]
+    np.testing.assert_allclose(curve.lines[1].get_xdata(), [1, 2, 4])
     no_metrics = [{k: v for k, v in e.items() if k != "metrics"} for e in _history()]
     assert len(plots.training_curves(no_metrics).axes) == 3
 
@@ -317,3 +322,10 @@ def test_cluster_montage_bad_input():
         plots.cluster_montage(images, [0, 1, 1], clusters=[4])
     with pytest.raises(ValueError, match="images"):
         plots.cluster_montage(images[:2], [0, 1, 1])
+
+
+def test_method_overview_is_legible() -> None:
+    fig = plots.method_overview()
+    assert fig.get_figwidth() <= 7.6
+    sizes = [t.get_fontsize() for ax in fig.axes for t in ax.texts]
+    assert sizes and min(sizes) >= 9

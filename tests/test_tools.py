@@ -346,3 +346,75 @@ def test_every_cited_key_is_in_the_bibliography() -> None:
         for key in group.split(",")
     }
     assert cited and cited <= keys, f"unknown citation keys: {sorted(cited - keys)}"
+
+
+# --- find_leaks: what a built page must not show ---------------------------------------------
+
+LEAKS = {
+    "<p>as in spec §5</p>": "project spec",
+    "<p>see <code>shared/spec/method.md</code></p>": "project spec",
+    "<pre>benchmark in /root/.cache/ucdir_lite/x</pre>": "absolute path",
+    "<pre>/home/alice/runs</pre>": "absolute path",
+    "<pre>written to /tmp/abc/def</pre>": "absolute path",
+    "<pre>run folder clipart-sketch-s0-e60-5d4fb245697c5977</pre>": "hashed cache folder",
+    "<pre>glyphs-v1-93ffba02</pre>": "hashed cache folder",
+}
+
+
+@pytest.mark.parametrize("text", sorted(LEAKS))
+def test_leaks_are_caught(text: str) -> None:
+    problems = render_check.page_leaks(text, paths=[])
+    assert len(problems) == 1 and LEAKS[text] in problems[0], problems
+
+
+def test_machine_paths_are_caught(tmp_path: Path) -> None:
+    problems = render_check.page_leaks(f"<pre>{tmp_path}/data</pre>", paths=[str(tmp_path)])
+    assert any(str(tmp_path) in p for p in problems)
+
+
+def test_clean_text_has_no_leaks() -> None:
+    text = ("<p>the run cache <code>~/.cache/ucdir_lite/runs</code>, "
+            "<a href='https://example.org/home/page'>a link</a>, Hu &amp; Lee 2022, §3</p>")
+    assert render_check.page_leaks(text, paths=[]) == []
+
+
+def test_find_leaks_reads_every_page(tmp_path: Path) -> None:
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01.html").write_text("<p>spec §1</p>")
+    (tmp_path / "intro.html").write_text("<p>fine</p>")
+    assert list(render_check.find_leaks(tmp_path)) == ["notebooks/01.html"]
+
+
+def test_build_fails_on_a_leak(tmp_path: Path) -> None:
+    (tmp_path / "intro.html").write_text(f"<pre>{Path.home()}/secret</pre>")
+    assert build_book.check_leaks(tmp_path) == 1
+    (tmp_path / "intro.html").write_text("<p>fine</p>")
+    assert build_book.check_leaks(tmp_path) == 0
+
+
+def test_generated_parts_of_the_prose_pages(tmp_path: Path) -> None:
+    files = build_book.write_generated(tmp_path)
+    assert sorted(p.name for p in files) == ["cpu_objective.md", "method_overview.png",
+                                             "presets.md"]
+    text = (tmp_path / "cpu_objective.md").read_text()
+    assert text.startswith("$$\n\\mathcal{L} = ") and "epoch" in text
+    assert "| `num_clusters` |" in (tmp_path / "presets.md").read_text()
+
+
+@pytest.mark.parametrize("doc", [
+    "ResNets: 3x3 stem without max-pool (None: automatic, True when image_size <= 64).",
+    "Generated benchmark only: number of classes.",
+    "lambda_SE.",
+])
+def test_attribute_docstrings_keep_their_text(doc: str) -> None:
+    """napoleon (Google, then NumPy) splits 'a: b' into a type; the book's extension undoes it."""
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import GoogleDocstring, NumpyDocstring
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    extension = importlib.import_module("attribute_docstrings")
+    config = Config()
+    lines = GoogleDocstring([doc], config, what="attribute", name="x").lines()
+    lines = NumpyDocstring(lines, config, what="attribute", name="x").lines()
+    extension._restore_first_line(None, "attribute", "x", None, None, lines)
+    assert lines == [doc]

@@ -5,13 +5,19 @@ Steps:
 1. make sure the offline MathJax 3 is unpacked in ``book/_mathjax/mathjax/`` (git-ignored;
    from the npm registry with ``npm pack mathjax@3``, else from the PyPI wheel
    ``django-static-mathjax``); ``_config.yml`` serves it through ``html_extra_path``;
-2. make sure the embedded data set exists (``ucdir_lite.glyphs.ensure_benchmark``);
+2. make sure the embedded data set exists (``ucdir_lite.glyphs.ensure_benchmark``), and
+   write the generated parts of the prose pages into ``book/_generated/`` (git-ignored): the
+   method overview figure (``ucdir_lite.plots.method_overview``), the ``cpu`` preset's
+   objective and the table of presets (``ucdir_lite.chapter``), so that the introduction and
+   the differences page print what the code trains instead of typing it;
 3. clear the notebook execution cache when the package changed: jupyter-cache keys a notebook
    only on its code cells, so a change in ``ucdir_lite`` alone would otherwise keep serving
    outputs computed with the old code. The key is a hash of ``ucdir_lite/**/*.py``,
    ``pyproject.toml`` and ``UCDIR_SMOKE``, kept in ``<build>/.ucdir_hash``; on a mismatch the
    cache is deleted and every page is re-read (``--all``);
 4. ``jupyter-book build . -W -n --keep-going`` (a warning or a failing cell fails the build);
+5. ``render_check.find_leaks`` on the built HTML: a page that shows "spec §", an absolute path
+   of the build machine or a hashed cache folder fails the build too;
    exits non-zero on failure and prints the build time.
 
 Build folders: the full book goes to ``_build/html`` (its cache in ``_build/.jupyter_cache``).
@@ -138,6 +144,55 @@ def ensure_data(smoke: bool) -> None:
     print(f"build_book: embedded data ready in {root}")
 
 
+def check_leaks(html_dir: Path) -> int:
+    """1 (and the problems on stderr) when a built page shows a reference outside the
+    repository, a machine path or a hashed cache folder (``render_check.find_leaks``), else 0."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from render_check import find_leaks
+
+    leaks = find_leaks(html_dir)
+    for page, problems in leaks.items():
+        for problem in problems:
+            print(f"build_book: FAIL {page}: {problem}", file=sys.stderr)
+    return 1 if leaks else 0
+
+
+GENERATED = ROOT / "book" / "_generated"
+
+
+def write_generated(dest: Path = GENERATED) -> list[Path]:
+    """Write the parts of the prose pages that come from the code into ``dest``: the method
+    overview figure, the ``cpu`` preset's objective (a MyST math block) and the presets table.
+    Returns the files written."""
+    from ucdir_lite import chapter, plots
+    from ucdir_lite.config import get_preset
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cpu = get_preset("cpu")
+    dd_start = cpu.dd_start if cpu.dd_start is not None else cpu.warmup_epochs
+    files = {
+        "cpu_objective.md": (
+            "$$\n" + chapter.objective(cpu) + "\n$$\n\n"
+            f"after a warm-up of {cpu.warmup_epochs} epochs on $\\mathcal{{L}}_{{IW}}$ alone, "
+            f"for {cpu.epochs - cpu.warmup_epochs} more epochs; $\\mathcal{{L}}_{{DD}}$ starts "
+            f"at epoch {dd_start}. The loss forms are `cw_variant=\"{cpu.cw_variant}\"`, "
+            f"`se_variant=\"{cpu.se_variant}\"` and `dd_variant=\"{cpu.dd_variant}\"`, with "
+            f"$K = {cpu.num_clusters}$ clusters per domain for {cpu.num_classes} classes.\n"),
+        "presets.md": chapter.preset_table(("cpu",)) + "\n\nThe paper-protocol presets "
+        "(the official code's values), for comparison:\n\n"
+        + chapter.preset_table(("office-home", "domainnet")) + "\n",
+    }
+    written = []
+    for name, text in files.items():
+        path = dest / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+        written.append(path)
+    figure = dest / "method_overview.png"
+    plots.method_overview().savefig(figure, dpi=150, metadata={"Software": None})
+    return [*written, figure]
+
+
 def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     """Run the whole build; return the exit code of ``jupyter-book build``."""
     env = dict(os.environ)
@@ -150,6 +205,7 @@ def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     start = time.perf_counter()
     ensure_mathjax()
     ensure_data(smoke)
+    write_generated()
     digest = package_hash(root, env.get("UCDIR_SMOKE", ""))
     if invalidate_stale_cache(build_dir, digest):
         print(f"build_book: package sources changed: cleared {build_dir / '.jupyter_cache'}")
@@ -160,6 +216,8 @@ def build(smoke: bool, force_all: bool = False, root: Path = ROOT) -> int:
     if force_all:
         cmd.append("--all")
     code = subprocess.run(cmd, cwd=root, env=env).returncode
+    if code == 0:
+        code = check_leaks(build_dir / "html")
     elapsed = time.perf_counter() - start
     if code == 0:
         build_dir.mkdir(parents=True, exist_ok=True)

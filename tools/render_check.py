@@ -10,6 +10,13 @@ the page's scripts ran (``--dump-dom``). It fails when a page
 - is a notebook page without a figure (an ``img`` or ``svg`` in a cell output) or without
   its Colab launch link.
 
+``find_leaks`` (no browser needed) reads the built HTML of every page and reports what a reader
+cannot follow or should not see: a reference to a file outside the repository ("spec §N",
+``shared/spec``), an absolute path of the build machine (``/root/``, ``/home/``, ``/tmp/``,
+``/Users/``, the repository's own folder, the user's home or temporary folder, the run cache
+and data folders expanded) and a hashed cache folder name. ``tools/build_book.py`` runs it
+after every build, so ``make book`` and ``make book-smoke`` (and so ``make test``) fail on one.
+
 Outputs on stderr (warnings, progress bars) are reported as notes, not failures.
 
 Usage: ``python tools/render_check.py [--no-build] [--smoke] [--html DIR] [--out DIR]
@@ -20,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import html
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +58,16 @@ CHROMIUM_FLAGS = (
     "--virtual-time-budget=5000",
 )
 RAW_MATH = ("$$", "\\(", "\\[")
+# What a built page must not show (find_leaks): references to files outside the repository,
+# absolute paths of the build machine, hashed cache folder names.
+LEAK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("a reference to the project spec (cite the paper or a chapter)",
+     re.compile(r"\bspec\s*§|shared/spec", re.IGNORECASE)),
+    ("an absolute path of the build machine",
+     re.compile(r"(?<![\w:/.~-])/(?:root|home|tmp|Users|private/var)/[^\s<>\"']*")),
+    ("a hashed cache folder name",
+     re.compile(r"\b(?:glyphs-v\d+-[0-9a-f]{8}|[\w]+-[\w]+-s\d+-e\d+-[0-9a-f]{16})\b")),
+)
 TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -161,6 +180,46 @@ def check_dom(dom: str, notebook: bool) -> list[str]:
     return problems
 
 
+def machine_paths() -> list[str]:
+    """Absolute folders of this machine that a built page must not show: the repository, the
+    home and temporary folders, and the data and run caches (``$UCDIR_DATA``, ``$UCDIR_RUNS``)
+    when set. Only folders at least two levels deep (``/a/b``), so that ``/`` never matches."""
+    import tempfile
+
+    candidates = [ROOT, Path.home(), Path(tempfile.gettempdir())]
+    candidates += [Path(os.environ[name]).expanduser() for name in ("UCDIR_DATA", "UCDIR_RUNS")
+                   if os.environ.get(name)]
+    paths = {str(p.resolve()) for p in candidates} | {str(p) for p in candidates}
+    return sorted((p for p in paths if p.count("/") >= 2), key=len, reverse=True)
+
+
+def page_leaks(text: str, paths: list[str] | None = None) -> list[str]:
+    """What a reader should not see in one page's HTML ``text`` (an empty list if nothing):
+    each problem once, with the first offending string."""
+    text = html.unescape(text)
+    problems = []
+    for what, pattern in LEAK_PATTERNS:
+        if match := pattern.search(text):
+            problems.append(f"{what}: {match.group(0)[:80]!r}")
+    for path in machine_paths() if paths is None else paths:
+        if re.search(re.escape(path) + r"(?![\w.-])", text):
+            problems.append(f"an absolute path of the build machine: {path!r}")
+            break
+    return problems
+
+
+def find_leaks(html_dir: Path) -> dict[str, list[str]]:
+    """``{page: problems}`` for every content page of a built book that shows a reference
+    outside the repository, a machine path or a hashed cache folder (``page_leaks``)."""
+    paths = machine_paths()
+    found = {}
+    for page in html_pages(html_dir):
+        problems = page_leaks((html_dir / page).read_text(errors="ignore"), paths)
+        if problems:
+            found[page.as_posix()] = problems
+    return found
+
+
 @contextmanager
 def serve(html_dir: Path) -> Iterator[str]:
     """Serve ``html_dir`` on 127.0.0.1 (a free port) for the duration; yields the base URL."""
@@ -236,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"render_check: no built book in {html_dir}: run `make book` first", file=sys.stderr)
         return 1
     report = check_book(html_dir, args.out.resolve(), find_chromium(), args.height)
+    for page, problems in find_leaks(html_dir).items():
+        report.setdefault(page, []).extend(problems)
     failed = {page: problems for page, problems in report.items() if problems}
     for page, problems in failed.items():
         for problem in problems:

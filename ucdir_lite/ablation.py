@@ -1,6 +1,6 @@
 """The ablation table: which loss term buys what, with a shared warm-up and a run cache.
 
-For every domain pair and seed the warm-up (L_IW alone, spec §6) is trained ONCE and then
+For every domain pair and seed the warm-up (L_IW alone; book chapter 2) is trained ONCE and then
 forked into the arms (``train(cfg_arm, out, init_from=<warm-up checkpoint>)``), so every arm
 starts from the same weights and sees the same data and the same epoch budget after warm-up.
 The arms that add L_DD late (``dd_start``) fork in turn from one shared run of the arm
@@ -9,7 +9,7 @@ without it, trained until L_DD starts (``dd_stem``): the same weights, less work
     IW                   w_IW L_IW                                  (no cluster term)
     CW                   + w_CW L_CW
     CW+SE                + w_SE L_SE
-    Full                 + w_DD L_DD, OT-matched centroids (spec §5, the tutorial default)
+    Full                 + w_DD L_DD, OT-matched centroids (book chapter 5, the tutorial default)
     Full (official DoD)  + w_DD L_DD, the official code's sample-level form
 
 Each arm is a dict of ``TrainConfig`` overrides on the preset (``ARMS``), never a code copy.
@@ -732,8 +732,8 @@ def plot_ablation(results: dict[str, Any], k: int | None = None,
     k = k if k is not None else _ks(results)[0]
     means = summarize(results)
     arms = results["arms"]
-    fig = Figure(figsize=(4.2 * len(means) + 1.5, 3.4), layout="constrained")
-    axes = fig.subplots(1, len(means), squeeze=False)[0]
+    fig = Figure(figsize=(7.4, 3.2 * len(means) + 0.4), layout="constrained")
+    axes = fig.subplots(len(means), 1, squeeze=False)[:, 0]  # one row per pair: page width
     width = 0.8 / len(arms)
     for ax, (pair, cells) in zip(axes, means.items(), strict=True):
         a, b = pair.split("->")
@@ -743,11 +743,11 @@ def plot_ablation(results: dict[str, Any], k: int | None = None,
             x = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(directions))]
             sd = [0.0 if math.isnan(v[1]) else v[1] for v in values]
             ax.bar(x, [v[0] for v in values], width, yerr=sd, capsize=2, label=arm)
-        ax.set_xticks(range(len(directions)), labels, fontsize=8)
-        ax.set_title(pair.replace("->", " → "))
+        ax.set_xticks(range(len(directions)), labels, fontsize=9)
+        ax.set_title(pair.replace("->", " → "), fontsize=10)
         ax.set_ylabel(f"P@{k} (%)")
         ax.axvline(1.5, color="0.7", lw=0.8, ls="--")  # cross-domain | in-domain
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 

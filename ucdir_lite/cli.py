@@ -5,6 +5,8 @@
     ucdir-lite data generate --root data/glyphs --contact-sheet sheet.png
     ucdir-lite data prepare office-home --root data/office_home --archive OfficeHome.zip
     ucdir-lite ablate --preset cpu --pairs clipart:sketch photo:sketch --seeds 0 1 2 --jobs 2
+    ucdir-lite runs export ucdir-lite-runs.tar.gz    # the run cache as one archive
+    ucdir-lite runs import ucdir-lite-runs.tar.gz    # ... and back, on another machine
 
 Errors the user can fix (bad values, missing files, a diverged run) end with exit code 1 and
 one line ``ucdir-lite: error: ...`` (set UCDIR_DEBUG=1 for the traceback); bad arguments
@@ -261,11 +263,49 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ablate)
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ucdir_lite import runs
+
+    if args.runs_command == "export":
+        names = runs.export_runs(args.archive, cache_dir=args.cache_dir, match=args.match)
+        print(f"{len(names)} run(s) written to {args.archive}")
+    elif args.runs_command == "import":
+        found = runs.import_runs(args.archive, cache_dir=args.cache_dir)
+        print(f"{len(found['imported'])} run(s) imported, {len(found['skipped'])} already in "
+              "the cache")
+    else:
+        names = [d.name for d in runs.finished_runs(args.cache_dir, args.match)]
+        print("\n".join(names) if names else "no finished runs")
+    return 0
+
+
+def _add_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="the run cache as one archive (export, import, list)",
+                       description="Pack the finished runs of the run cache into one tar "
+                       "archive, unpack such an archive into a cache (every member checked "
+                       "first), or list the finished runs.")
+    rs = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    cache_help = "run cache (default: $UCDIR_RUNS or ~/.cache/ucdir_lite/runs)"
+    ex = rs.add_parser("export", help="write the finished runs into ARCHIVE (.tar or .tar.gz)")
+    ex.add_argument("archive", metavar="ARCHIVE")
+    ex.add_argument("--match", nargs="+", metavar="PATTERN",
+                    help="only run folders whose name fits a pattern, e.g. 'clipart-sketch-*'")
+    ex.add_argument("--cache-dir", help=cache_help)
+    im = rs.add_parser("import", help="unpack the runs of ARCHIVE into the run cache")
+    im.add_argument("archive", metavar="ARCHIVE")
+    im.add_argument("--cache-dir", help=cache_help)
+    ls = rs.add_parser("list", help="list the finished runs")
+    ls.add_argument("--match", nargs="+", metavar="PATTERN")
+    ls.add_argument("--cache-dir", help=cache_help)
+    p.set_defaults(func=cmd_runs)
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_train,
     _add_evaluate,
     _add_data,
     _add_ablate,
+    _add_runs,
 )
 
 

@@ -1,8 +1,9 @@
-"""Clustering: k-means on memory-bank features and soft assignments to centroids (spec §2).
+"""Clustering: k-means on memory-bank features and soft assignments to centroids (book chapter 3).
 
 Each domain's centroids are initialised per epoch by k-means on that domain's features
 (the official code uses faiss, 20 iterations, 5 restarts); within a batch the soft
-assignment ``p_ij`` and the soft-weighted centroid estimate ``c_j`` follow spec §2.
+assignment ``p_ij`` and the soft-weighted centroid estimate ``c_j`` follow
+Hu & Lee 2022 (book chapter 3).
 
 References:
     S. Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory, 1982.
@@ -211,9 +212,10 @@ def _check_z_centroids(z: Tensor, centroids: Tensor) -> None:
 
 
 def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
-    """Soft cluster assignment (spec §2).
+    r"""Soft cluster assignment (Hu & Lee 2022; book chapter 3).
 
-        p_ij = exp(sim(z_i, c_j) / tau) / sum_k exp(sim(z_i, c_k) / tau)
+    .. math::
+        p_{ij} = \frac{\exp(\mathrm{sim}(z_i, c_j)/\tau)}{\sum_{k}\exp(\mathrm{sim}(z_i, c_k)/\tau)}
 
     with ``sim`` the cosine similarity (both sides are L2-normalised here).
 
@@ -233,9 +235,10 @@ def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
 
 
 def soft_centroids(z: Tensor, p: Tensor, eps: float = 1e-8) -> Tensor:
-    """Soft-weighted centroids (spec §2): the batch estimate of each cluster's centre.
+    r"""Soft-weighted centroids (book chapter 3): the batch estimate of each cluster's centre.
 
-        c_j = sum_i p_ij z_i / (sum_i p_ij + eps)
+    .. math::
+        c_j = \frac{\sum_i p_{ij}\, z_i}{\sum_i p_{ij} + \epsilon}
 
     Args:
         z: (N, D) features.

@@ -1,7 +1,7 @@
 """Training configuration: one dataclass, four presets.
 
 Every switch of the method is a field, so an ablation row is a config, not a code copy:
-the total loss after warm-up is (spec §6, with the official code's options)
+the total loss after warm-up is (Hu & Lee 2022, with the official code's options; book chapter 6)
 
     L = w_IW L_IW + w_CW(e) L_CW + w_SE(e) L_SE + w_DD(e) L_DD
 
@@ -92,9 +92,9 @@ class TrainConfig:
 
     # --- method ---
     tau_iw: float = 0.2
-    """InfoNCE temperature of L_IW (spec §1)."""
+    """InfoNCE temperature of L_IW (book chapter 2)."""
     tau: float = 0.1
-    """Temperature of the soft assignment p_ij and of L_CW, L_SE (spec §2-4)."""
+    """Temperature of the soft assignment p_ij and of L_CW, L_SE (book chapters 3-4)."""
     m: float = 0.99
     """Key-encoder momentum (MoCo: 0.999; 0.99 suits a few thousand images)."""
     key_bn_splits: int = 2
@@ -115,8 +115,8 @@ class TrainConfig:
     cw: bool = True
     """Use the cluster-wise contrastive loss L_CW."""
     cw_variant: str = "prototype"
-    """prototype (spec §3) | supcon (official code: bank positives with the same k-means label,
-    confidence filter)."""
+    """prototype (the paper's form, book chapter 3) | supcon (official code: bank positives
+    with the same k-means label, confidence filter)."""
     cw_weight: float = 1.0
     """Weight of L_CW once ramped up."""
     cw_ramp_epochs: int = 0
@@ -129,7 +129,8 @@ class TrainConfig:
     se: bool = True
     """Use the self-entropy loss L_SE."""
     se_variant: str = "in_domain"
-    """in_domain (spec §4) | cross_domain (official code: both domains' prototypes)."""
+    """in_domain (the paper's form, book chapter 4) | cross_domain (official code: both
+    domains' prototypes)."""
     se_weight: float = 0.01
     """lambda_SE."""
     se_start: int | None = None
@@ -139,7 +140,8 @@ class TrainConfig:
     dd: bool = True
     """Use the distance-of-distance loss L_DD."""
     dd_variant: str = "ot"
-    """ot (spec §5: Sinkhorn-matched batch centroids) | sample (official code)."""
+    """ot (the paper's form, book chapter 5: Sinkhorn-matched batch centroids) | sample
+    (official code)."""
     dd_weight: float = 0.1
     """lambda_DD."""
     dd_start: int | None = None
@@ -168,7 +170,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     """Batch size of feature extraction."""
     ks: tuple[int, ...] = (50, 100, 200)
-    """The K of P@K (spec §7)."""
+    """The K of P@K (book chapter 1)."""
     log_every: int = 0
     """Print a one-line summary every this many epochs (0: the progress bar only)."""
 
@@ -338,8 +340,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 # Presets: ``smoke`` for tests and notebooks in smoke mode; ``cpu`` for the generated
-# benchmark on a laptop; ``office-home`` / ``domainnet`` are the paper protocol (spec §8) for a
-# GPU with the official code's loss variants (supcon CW, cross-domain SE, sample DoD).
+# benchmark on a laptop; ``office-home`` / ``domainnet`` are the paper protocol (as the
+# official code runs it) for a GPU with the official code's loss variants (supcon CW,
+# cross-domain SE, sample DoD).
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         num_classes=6, images_per_class=16, batch_size=16, epochs=3, warmup_epochs=1,

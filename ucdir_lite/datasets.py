@@ -2,8 +2,8 @@
 
 Office-Home (``Art``, ``Clipart``, ``Product``, ``Real World``), a DomainNet subset and the
 package's generated glyph benchmark (:mod:`ucdir_lite.glyphs`) all reduce to this layout
-(spec §9). A sample is ``(x, label, index)``: ``index`` is the image's slot in the memory bank
-(spec §1); ``label`` is for evaluation only, the trainer never reads it.
+(book chapter 1). A sample is ``(x, label, index)``: ``index`` is the image's slot in the memory
+bank (book chapter 2); ``label`` is for evaluation only, the trainer never reads it.
 
 Augmentations follow MoCo v2 / the official UCDIR code (random resized crop, flip, colour
 jitter, grayscale, blur), sized for small images. Reference: X. Chen et al., "Improved
@@ -317,7 +317,7 @@ def eval_transform(image_size: int = 32, *, resize_ratio: float = 1.0) -> v2.Com
 class TwoViews:
     """Two independent augmentations of one image: ``TwoViews(t)(img) == (t(img), t(img))``.
 
-    The query and key views of the instance-wise loss (spec §1).
+    The query and key views of the instance-wise loss (book chapter 2).
     """
 
     def __init__(self, transform: Callable) -> None:

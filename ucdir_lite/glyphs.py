@@ -1,4 +1,4 @@
-"""The embedded benchmark: a generated, DomainNet-like set of glyph images (spec §9).
+"""The embedded benchmark: a generated, DomainNet-like set of glyph images (book chapter 1).
 
 Every image shows one *character* (a symbol, letter or digit: the class) drawn in one of four
 *domains* modelled on DomainNet / Office-Home:
@@ -615,7 +615,7 @@ def generate_benchmark(
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
-    """Generate the glyph benchmark into ``root`` and return ``root`` (spec §9).
+    """Generate the glyph benchmark into ``root`` and return ``root`` (book chapter 1).
 
     Writes ``root/<domain>/<class>/<nnnn>.png`` and ``root/manifest.json``. Everything is first
     written to a hidden temporary sibling folder that is renamed into place at the end, so an
@@ -762,7 +762,7 @@ def contact_sheet(
     n_classes: int = 10,
     *,
     index: int = 0,
-    cell_inches: float = 0.9,
+    cell_inches: float = 0.72,
     title: str | None = None,
 ) -> Figure:
     """A grid of example images: one row per domain, one column per class, labelled.
@@ -814,9 +814,9 @@ def contact_sheet(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(name.replace("_", "\n", 1), fontsize=9)
             if c == 0:
-                ax.set_ylabel(domain, fontsize=9)
+                ax.set_ylabel(domain, fontsize=10)
     if title:
         fig.suptitle(title)
     return fig

@@ -1,11 +1,11 @@
 """The UCDIR losses: instance-wise, cluster-wise, self-entropy and distance-of-distance.
 
-Each function is one equation of the spec (``shared/spec/method.md``, sections 1, 3, 4
-and 5), written with the book's symbols: ``z`` features, ``p`` soft assignments,
+Each function is one equation of the paper (Hu & Lee, ECCV 2022; book chapters 2-5)
+or of its official code, written with the book's symbols: ``z`` features, ``p`` soft assignments,
 ``centroids`` cluster centres, ``tau`` temperatures, ``epsilon`` the entropic OT
 regulariser. Features are rows of shape ``(N, D)``, centroids ``(K, D)``.
 
-Every loss returns a scalar tensor *averaged* over the batch (the spec writes sums; we
+Every loss returns a scalar tensor *averaged* over the batch (the paper writes sums; we
 put ``1/N`` in front), so that a loss weight does not depend on the batch size.
 
 References
@@ -148,7 +148,7 @@ def instance_wise_loss(
     index: torch.Tensor,
     tau: float = 0.2,
 ) -> torch.Tensor:
-    r"""Instance-wise contrastive loss L_IW (InfoNCE against a memory bank), spec §1.
+    r"""Instance-wise contrastive loss L_IW (InfoNCE against a memory bank); book chapter 2.
 
     .. math::
         \mathcal{L}_{IW} = -\frac{1}{B}\sum_{b=1}^{B}\log
@@ -198,7 +198,7 @@ def cluster_wise_loss(
     tau: float = 0.1,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Cluster-wise contrastive loss L_CW (tutorial form), spec §3.
+    r"""Cluster-wise contrastive loss L_CW (tutorial form); book chapter 3.
 
     .. math::
         \mathcal{L}_{CW} = -\frac{1}{N}\sum_{i=1}^{N}\log
@@ -206,7 +206,7 @@ def cluster_wise_loss(
         \qquad y_i = \arg\max_j p_{ij}
 
     Pulls each sample towards its own cluster's centroid and away from the others. The
-    spec's sum is divided by N. ``argmax_j p_ij`` equals the argmax of the logits, since
+    paper's sum is divided by N. ``argmax_j p_ij`` equals the argmax of the logits, since
     ``p_ij`` is their softmax. The trainer passes detached centroids; nothing is detached
     here, so gradients reach ``centroids`` when they carry a graph.
 
@@ -244,7 +244,7 @@ def cluster_wise_supcon_loss(
     keep: torch.Tensor | None = None,
     index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Cluster-wise loss, official-code variant: supervised contrastive over the bank, spec §3.
+    r"""Cluster-wise loss, official-code variant: SupCon over the bank; book chapter 3.
 
     With ``P(i)`` the bank slots sharing sample i's cluster label (its own slot removed)
     and ``A(i)`` all bank slots except its own slot,
@@ -314,7 +314,7 @@ def prototype_confidence(
     labels: torch.Tensor,
     tau: float = 0.2,
 ) -> torch.Tensor:
-    r"""Confidence of each key in its own prototype (official-code sample filter), spec §3.
+    r"""Confidence of each key in its own prototype (official-code sample filter); book chapter 3.
 
     .. math::
         \mathrm{conf}_b = \frac{\exp(\mathrm{sim}(k_b, c_{y_b})/\tau)}
@@ -344,14 +344,14 @@ def prototype_confidence(
 
 
 def self_entropy_loss(p: torch.Tensor) -> torch.Tensor:
-    r"""Self-entropy loss L_SE of soft assignments, spec §4.
+    r"""Self-entropy loss L_SE of soft assignments; book chapter 4.
 
     .. math::
         \mathcal{L}_{SE} = -\frac{1}{N}\sum_{i=1}^{N}\sum_{j=1}^{K} p_{ij}\log p_{ij}
 
     with ``0 log 0 = 0`` (value 0 and a finite gradient at ``p_ij = 0``). It is 0 for
     one-hot rows and ``log K`` for uniform rows; minimising it makes each sample commit
-    to one cluster. The spec's sum is divided by N.
+    to one cluster. The paper's sum is divided by N.
 
     Args:
         p: (N, K) soft assignments (non-negative rows summing to 1), e.g. ``soft_assign``.
@@ -384,7 +384,7 @@ def cross_domain_self_entropy_loss(
     centroids_b: torch.Tensor,
     tau: float = 0.05,
 ) -> torch.Tensor:
-    r"""Self-entropy, official-code variant: own and other domain's prototypes, spec §4.
+    r"""Self-entropy, official-code variant: own and other domain's prototypes; book chapter 4.
 
     .. math::
         \mathcal{L} = \frac{1}{4}\sum_{x\in\{A,B\}}\sum_{y\in\{A,B\}}
@@ -432,7 +432,7 @@ def distance_of_distance_loss(
     matching: torch.Tensor | None = None,
     epsilon: float = 0.05,
 ) -> torch.Tensor:
-    r"""Distance-of-distance loss L_DD between OT-matched clusters, spec §5.
+    r"""Distance-of-distance loss L_DD between OT-matched clusters; book chapter 5.
 
     .. math::
         \mathcal{L}_{DD} = \frac{1}{K^2}\sum_{i,j}\Big|\,\|c^A_i-c^A_j\|_2
@@ -440,7 +440,7 @@ def distance_of_distance_loss(
 
     ``pi`` is the one-to-one matching read off the entropic OT plan between the two
     centroid sets (``transport.match_clusters``: cost ``||c^A_i - c^B_j||^2``, regulariser
-    ``epsilon`` relative to the cost's scale), computed on detached centroids. The spec's
+    ``epsilon`` relative to the cost's scale), computed on detached centroids. The paper's
     sum is divided by ``K^2`` (a mean over all pairs, the zero diagonal included). The
     value does not depend on how either domain numbers its clusters. Gradients flow to
     both centroid sets; zero distances (the diagonal) contribute a zero gradient, not NaN.
@@ -490,7 +490,7 @@ def sample_distance_of_distance_loss(
     centroids_b: torch.Tensor,
     tau: float = 0.01,
 ) -> torch.Tensor:
-    r"""Distance-of-distance, official-code variant (no OT): sample level, spec §5.
+    r"""Distance-of-distance, official-code variant (no OT): sample level; book chapter 5.
 
     With ``p^x_i = softmax_j(sim(z_i, c^x_j)/tau)`` the soft assignment of sample i to the
     prototypes of domain ``x`` and ``M^x_{ij} = 1 - sim(p^x_i, p^x_j)`` the

@@ -1,4 +1,4 @@
-"""Retrieval metrics: precision at K as the official UCDIR code pools it (spec §7), and mAP.
+"""Retrieval metrics: precision at K as the official UCDIR code pools it (book chapter 1), and mAP.
 
 Every query ranks the whole gallery by cosine similarity. Ties are broken as a stable
 descending sort would break them (``np.argsort(-scores, kind="stable")``): of two gallery
@@ -127,7 +127,7 @@ def precision_at_k(
     *,
     exclude_self: bool = False,
 ) -> dict[int, float]:
-    """Pooled precision at K, in percent (spec §7, as the official code computes it).
+    """Pooled precision at K, in percent (book chapter 1; as the official code computes it).
 
         P@K = 100 * sum_q hits_q(n_q) / sum_q n_q,    n_q = min(K, R_q)
 

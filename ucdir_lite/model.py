@@ -4,9 +4,10 @@
 
 h is the backbone (a small CNN for 32 px images on a CPU, or a torchvision ResNet),
 g = Linear-ReLU-Linear is the projection head of MoCo v2 (128-d output by default), and z
-is the L2-normalised feature used by every loss and by retrieval (spec, Notation).
+is the L2-normalised feature used by every loss and by retrieval (the
+book's notation).
 The key encoder of the instance-wise loss is a copy of the query encoder updated by
-``momentum_update`` (spec §1; He et al., "Momentum Contrast", CVPR 2020).
+``momentum_update`` (book chapter 2; He et al., "Momentum Contrast", CVPR 2020).
 """
 
 from __future__ import annotations
@@ -322,9 +323,10 @@ def split_batch_norm(module: nn.Module, num_splits: int = 2) -> nn.Module:
 
 @torch.no_grad()
 def momentum_update(encoder_q: nn.Module, encoder_k: nn.Module, m: float = 0.999) -> None:
-    """Exponential moving average of the key encoder's parameters, in place:
+    r"""Exponential moving average of the key encoder's parameters, in place:
 
-        theta_k <- m * theta_k + (1 - m) * theta_q
+    .. math::
+        \theta_k \leftarrow m\,\theta_k + (1 - m)\,\theta_q
 
     m: the momentum in [0, 1] (MoCo: 0.999; 0.99 for tiny data). Buffers (BatchNorm running
     statistics) are left alone: each encoder keeps its own. He et al., CVPR 2020, Eq. (2).

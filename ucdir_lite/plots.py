@@ -4,7 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplo
 state, nothing shown): display it with ``IPython.display.display(fig)`` or save it with
 ``fig.savefig(path)``. Inputs may be torch tensors or numpy arrays; features are rows
 ``(N, D)``, labels integer vectors ``(N,)``, soft assignments ``p`` rows ``(N, K)`` summing
-to 1 (spec §2), as everywhere in the package.
+to 1 (book chapter 3), as everywhere in the package.
 
 Reference: the figures of Hu & Lee, ECCV 2022 (arXiv:2207.09721): retrieval examples,
 feature projections and the effect of each loss.
@@ -29,6 +29,7 @@ __all__ = [
     "entropy_histogram",
     "training_curves",
     "precision_bars",
+    "method_overview",
 ]
 
 HIT, MISS = "tab:green", "tab:red"
@@ -155,12 +156,12 @@ def retrieval_gallery(
     query_indices: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
-    cell_inches: float = 0.9,
+    cell_inches: float = 0.8,
 ) -> Figure:
     r"""Queries of one domain and their top-``k`` gallery images of the other domain.
 
     Each row shows a query, then the ``k`` gallery items of highest cosine similarity
-    :math:`\mathrm{sim}(z_q, z_g) = z_q\cdot z_g/(\|z_q\|\|z_g\|)` (spec §7), best first.
+    :math:`\mathrm{sim}(z_q, z_g) = z_q\cdot z_g/(\|z_q\|\|z_g\|)` (book chapter 1), best first.
     A retrieved image with the query's label is a hit (green border), otherwise a miss
     (red border); each row's label says how many of the ``k`` are hits.
 
@@ -210,9 +211,10 @@ def retrieval_gallery(
         ax.imshow(imgs_q[q], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         _bare(ax)
         hits = int((y_g[top[r]] == y_q[q]).sum())
-        ax.set_ylabel(f"{name(y_q[q])}\n{hits}/{k} hits", fontsize=8)
+        ax.set_ylabel(f"{name(y_q[q])}\n{hits}/{k} hits", fontsize=10, rotation=0,
+                      ha="right", va="center")
         if r == 0:
-            ax.set_title("query", fontsize=9)
+            ax.set_title("query", fontsize=10)
         for c, g in enumerate(top[r], start=1):
             ax = axes[r, c]
             ax.imshow(imgs_g[g], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -222,7 +224,7 @@ def retrieval_gallery(
                 spine.set_edgecolor(color)
                 spine.set_linewidth(3)
             if r == 0:
-                ax.set_title(f"#{c}", fontsize=9)
+                ax.set_title(f"#{c}", fontsize=10)
     if title:
         fig.suptitle(title)
     return fig
@@ -241,7 +243,7 @@ def cluster_montage(
     n_per_cluster: int = 8,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
-    cell_inches: float = 0.75,
+    cell_inches: float = 0.65,
 ) -> Figure:
     """Images of a few clusters, one row per cluster (e.g. the k-means clusters of a bank).
 
@@ -314,7 +316,7 @@ def cluster_montage(
                 for spine in ax.spines.values():
                     spine.set_edgecolor(color)
                     spine.set_linewidth(2.5)
-        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+        axes[r, 0].set_ylabel(label, fontsize=10, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
     return fig
@@ -400,12 +402,12 @@ def embedding_projection(
     xy = _pca_2d(z) if method == "pca" else _tsne_2d(z, seed, perplexity)
     xy_a, xy_b = xy[: len(z_a)], xy[len(z_a):]
 
-    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    fig = Figure(figsize=(8.4, 4.4), layout="constrained")
     by_domain, by_class = fig.subplots(1, 2)
     for d, (points, name) in enumerate(zip((xy_a, xy_b), domain_names, strict=True)):
         by_domain.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, color=DOMAIN_COLORS[d],
                           marker=DOMAIN_MARKERS[d], label=str(name), linewidths=0)
-    by_domain.legend(loc="best", markerscale=2)
+    by_domain.legend(loc="best", markerscale=2, fontsize=9)
     by_domain.set_title("coloured by domain")
     classes = np.unique(np.concatenate([y_a, y_b]))
     cmap = _class_colormap(len(classes))
@@ -417,8 +419,8 @@ def embedding_projection(
         for c in classes:
             label = class_names[c] if class_names is not None else str(c)
             by_class.scatter([], [], color=color_of[c], s=20, label=label)
-        by_class.legend(loc="best", fontsize=7, ncols=2)
-    by_class.set_title("coloured by class (o: {}, ^: {})".format(*domain_names))
+        by_class.legend(loc="best", fontsize=9, ncols=2)
+    by_class.set_title("coloured by class\n(o: {}, ^: {})".format(*domain_names), fontsize=10)
     axis = "PC" if method == "pca" else "t-SNE "
     for ax in (by_domain, by_class):
         ax.set_xlabel(f"{axis}1")
@@ -529,16 +531,20 @@ def heatmap(
         if n <= 20 and k <= 20:
             ax.set_xticks(range(k))
             ax.set_yticks(range(n))
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=9)
+        # one label per row/column: at most about 0.12 inch each, so a 60-class matrix
+        # gets 7 pt names (the densest figure of the book), smaller matrices 9 pt
+        names_size = max(7.0, min(9.0, panel_inches * 72 / max(n, k) * 0.95))
         if xticklabels is not None:
-            ax.set_xticks(range(k), [str(t) for t in xticklabels], rotation=90, fontsize=6)
+            ax.set_xticks(range(k), [str(t) for t in xticklabels], rotation=90,
+                          fontsize=names_size)
         if yticklabels is not None:
-            ax.set_yticks(range(n), [str(t) for t in yticklabels], fontsize=6)
+            ax.set_yticks(range(n), [str(t) for t in yticklabels], fontsize=names_size)
         if annotate or (annotate is None and n <= 8 and k <= 8):
             middle = (m.max() + m.min()) / 2
             for i in range(n):
                 for j in range(k):
-                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=9,
                             color="black" if m[i, j] > middle else "white")
         if mark_rows is not None:
             cell_points = panel_inches * 72 * 0.7 / max(n, k)  # about one cell, in points
@@ -575,7 +581,7 @@ def entropy_histogram(
     log_counts: bool = False,
     title: str | None = None,
 ) -> Figure:
-    r"""Histograms of the assignment entropy of each sample, before and after (spec §4).
+    r"""Histograms of the assignment entropy of each sample, before and after (book chapter 4).
 
     For each row of a soft assignment :math:`p` (N, K),
     :math:`H_i = -\sum_{j=1}^{K} p_{ij}\log p_{ij}`, between 0 (the sample commits to one
@@ -672,28 +678,46 @@ def training_curves(history: Any, *, title: str | None = None) -> Figure:
         raise ValueError("history records no loss terms and no metrics: nothing to plot")
     warmup = [int(e["epoch"]) for e in history if e.get("phase") == "warmup"]
 
-    fig = Figure(figsize=(min(3.2 * n_panels, 16), 3.2), layout="constrained")
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    ncols = min(n_panels, 2 if n_panels in (2, 4) else 3)  # a grid that fits the page width
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(7.4, 2.7 * nrows + 0.4), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in grid[n_panels:]:
+        ax.remove()
+    axes = grid[:n_panels]
     for ax, term in zip(axes, terms, strict=False):
         values = np.array([e["losses"].get(term, np.nan) for e in history], dtype=float)
         ax.plot(epochs, values, marker="." if len(epochs) < 30 else None)
-        ax.set_title(TERM_NAMES.get(term, term))
+        ax.set_title(TERM_NAMES.get(term, term), fontsize=11)
         ax.set_xlabel("epoch")
     if evaluated:
         ax = axes[-1]
         x = [int(e["epoch"]) + 1 for e in evaluated]  # metrics are taken after the epoch
         first = next(iter(next(iter(evaluated[0]["metrics"].values()))))
-        for direction, color in zip(("A->B", "B->A"), DOMAIN_COLORS, strict=True):
-            y = [e["metrics"].get(direction, {}).get(first, np.nan) for e in evaluated]
-            ax.plot(x, y, marker="o", color=color, label=direction.replace("->", "→"))
-        ax.set_title(first)
-        ax.set_xlabel("epochs trained")
-        ax.legend(loc="best")
+        if len(evaluated) <= 2:  # two points make no curve: one group of bars per evaluation
+            width = 0.38
+            for d, (direction, color) in enumerate(zip(("A->B", "B->A"), DOMAIN_COLORS,
+                                                       strict=True)):
+                y = [e["metrics"].get(direction, {}).get(first, np.nan) for e in evaluated]
+                bars = ax.bar(np.arange(len(x)) + (d - 0.5) * width, y, width, color=color,
+                              label=direction.replace("->", "→"))
+                ax.bar_label(bars, fmt="%.1f", fontsize=9)
+            ax.set_xticks(range(len(x)), [f"{n} epochs" for n in x])
+            ax.set_ylim(0, 1.45 * np.nanmax([e["metrics"].get(d, {}).get(first, 0)
+                                              for e in evaluated for d in ("A->B", "B->A")])
+                        + 1)
+        else:
+            for direction, color in zip(("A->B", "B->A"), DOMAIN_COLORS, strict=True):
+                y = [e["metrics"].get(direction, {}).get(first, np.nan) for e in evaluated]
+                ax.plot(x, y, marker="o", color=color, label=direction.replace("->", "→"))
+            ax.set_xlabel("epochs trained")
+        ax.set_title(first, fontsize=11)
+        ax.legend(loc="upper center", fontsize=9, ncols=2)
     if warmup:
         for ax in axes[: len(terms)]:
             ax.axvspan(min(warmup) - 0.5, max(warmup) + 0.5, color="0.9", zorder=0)
         axes[0].text(0.02, 0.03, "warm-up (shaded)", transform=axes[0].transAxes,
-                     va="bottom", fontsize=8, color="0.35")
+                     va="bottom", fontsize=9, color="0.35")
     if title:
         fig.suptitle(title)
     return fig
@@ -741,7 +765,8 @@ def precision_bars(
                     f"reports[{name!r}] has no {metric!r} for {direction!r}; pass reports from "
                     "retrieval_report with that K, or another metric"
                 )
-    fig = Figure(figsize=(max(4.0, 1.3 * len(names) + 1.5), 3.8), layout="constrained")
+    fig = Figure(figsize=(min(7.4, max(4.0, 1.2 * len(names) + 1.2)), 3.8),
+                 layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(directions)
     x = np.arange(len(names))
@@ -750,13 +775,89 @@ def precision_bars(
         bars = ax.bar(x + (d - (len(directions) - 1) / 2) * width, values, width,
                       label=direction.replace("->", "→"),
                       color=DIRECTION_COLORS[d % len(DIRECTION_COLORS)])
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.bar_label(bars, fmt="%.1f", fontsize=9, padding=2,
+                     rotation=90 if len(directions) > 2 else 0)  # narrow bars: upright labels
     if reference is not None:
         ax.axhline(reference, color="0.3", linestyle="--", label=reference_label)
     ax.set_xticks(x, names)
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_ylim(0, min(105, 1.15 * max(max(float(reports[n][dr][metric]) for n in names
+    headroom = 1.25 if len(directions) > 2 else 1.15  # room for the (upright) labels
+    ax.set_ylim(0, min(112, headroom * max(max(float(reports[n][dr][metric]) for n in names
                                             for dr in directions), reference or 0) + 1))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=9)
     ax.set_title(title or f"Cross-domain retrieval, {metric}")
+    return fig
+
+
+# ------------------------------------------------------------------------------- overview
+
+
+def method_overview() -> Figure:
+    r"""A diagram of the method: where each of the four loss terms acts.
+
+    Each domain's images pass through the query encoder :math:`f_\theta` (and its momentum
+    copy, the key encoder); :math:`\mathcal{L}_{IW}` contrasts each feature with the memory
+    bank of its own domain. After the warm-up, k-means on each domain's features gives the
+    prototypes :math:`c^A_j`, :math:`c^B_j`: :math:`\mathcal{L}_{CW}` pulls a feature to its
+    cluster, :math:`\mathcal{L}_{SE}` makes it commit to one cluster, and
+    :math:`\mathcal{L}_{DD}` makes the distances between clusters agree across the domains,
+    once optimal transport has matched the clusters of A to those of B.
+
+    Returns:
+        A figure of 7.5 x 4.4 inches, text of 9 pt or more.
+    """
+    fig = Figure(figsize=(7.5, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(0, 15)
+    ax.set_ylim(0, 8.8)
+    ax.axis("off")
+    colors = {"data": "#e8eef7", "model": "#fdf1dc", "loss": "#e3f2e1", "match": "#f3e3f2"}
+
+    def box(x: float, y: float, w: float, h: float, text: str, kind: str,
+            size: float = 9.5) -> tuple[float, float, float, float]:
+        from matplotlib.patches import FancyBboxPatch
+
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.08",
+                                    facecolor=colors[kind], edgecolor="0.35", lw=1))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
+        return x, y, w, h
+
+    def arrow(start: tuple[float, float], end: tuple[float, float], text: str = "") -> None:
+        ax.annotate("", xy=end, xytext=start,
+                    arrowprops=dict(arrowstyle="-|>", color="0.3", lw=1.1,
+                                    shrinkA=2, shrinkB=2))
+        if text:
+            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.18, text,
+                    ha="center", va="bottom", fontsize=9, color="0.25")
+
+    for name, y in (("A", 6.4), ("B", 0.6)):
+        box(0.1, y, 2.3, 1.6, f"domain {name}\nimages\n(no labels)", "data")
+        box(3.1, y, 2.6, 1.6, "encoder $f_\\theta$\n+ momentum\nkey encoder", "model")
+        box(6.4, y, 2.0, 1.6, f"features\n$z^{name}_i$", "data")
+        box(9.1, y + 0.3, 2.2, 1.0, f"memory\nbank {name}", "data")
+        box(12.0, y + 0.3, 2.9, 1.0, "$\\mathcal{L}_{IW}$: my view\nvs. the bank", "loss")
+        arrow((2.5, y + 0.8), (3.0, y + 0.8))
+        arrow((5.8, y + 0.8), (6.3, y + 0.8))
+        arrow((8.5, y + 0.8), (9.0, y + 0.8))
+        arrow((11.4, y + 0.8), (11.9, y + 0.8))
+    box(3.1, 3.5, 3.2, 1.8, "k-means per domain,\nevery epoch after\nthe warm-up:\n"
+        "prototypes $c^A_j$, $c^B_j$", "model", size=9)
+    arrow((7.0, 6.3), (5.6, 5.4))
+    arrow((7.0, 2.3), (5.6, 3.4))
+    box(7.0, 4.55, 3.6, 1.1, "$\\mathcal{L}_{CW}$: pull $z_i$ to its\ncluster (each domain)",
+        "loss")
+    box(7.0, 3.15, 3.6, 1.1, "$\\mathcal{L}_{SE}$: commit to one\ncluster (A's and B's)",
+        "loss")
+    box(11.1, 4.55, 3.8, 1.1, "OT (Sinkhorn) matches\nA's clusters to B's: $\\pi$", "match")
+    box(11.1, 3.15, 3.8, 1.1, "$\\mathcal{L}_{DD}$: distances between\nmatched clusters agree",
+        "loss")
+    arrow((6.4, 4.7), (6.9, 5.0))
+    arrow((6.4, 4.1), (6.9, 3.7))
+    ax.annotate("", xy=(11.0, 5.1), xytext=(6.4, 5.55),
+                arrowprops=dict(arrowstyle="-|>", color="0.3", lw=1.1,
+                                connectionstyle="arc3,rad=-0.25", shrinkA=2, shrinkB=2))
+    arrow((13.0, 4.5), (13.0, 4.3))
+    ax.text(7.5, 8.55, "within each domain: $\\mathcal{L}_{IW}$, $\\mathcal{L}_{CW}$;   "
+            "across the domains: $\\mathcal{L}_{SE}$ (official form), $\\mathcal{L}_{DD}$",
+            ha="center", va="center", fontsize=9.5)
     return fig

@@ -1,6 +1,6 @@
 """Real datasets: download, verify, extract safely; DomainNet and Office-Home.
 
-Both real layouts reduce to the one the package's loader reads (spec §9)::
+Both real layouts reduce to the one the package's loader reads (book chapter 1)::
 
     root/<domain>/<class>/<image>
 

@@ -4,7 +4,7 @@ One step sees a batch of each domain, two augmented views per image. With q = f_
 (query encoder) and k = f_theta_k(view 2) (momentum key encoder, ``model.momentum_update``),
 
     warm-up (epoch < warmup_epochs):  L = L_IW
-    after:  L = w_IW L_IW + w_CW(e) L_CW + w_SE(e) L_SE + w_DD(e) L_DD        (spec §6)
+    after:  L = w_IW L_IW + w_CW(e) L_CW + w_SE(e) L_SE + w_DD(e) L_DD        (book chapter 6)
 
 where each per-domain term (L_IW, L_CW, in-domain L_SE) is the mean over the two domains,
 as in the official code. At the start of every epoch after warm-up, k-means runs on each
@@ -416,7 +416,7 @@ def evaluate(
     batch_size: int = 256,
     num_workers: int = 0,
 ) -> dict[str, Any]:
-    """Cross-domain retrieval report (spec §7): P@K and mAP for A->B and B->A (and A->A,
+    """Cross-domain retrieval report (book chapter 1): P@K and mAP for A->B and B->A (and A->A,
     B->B when ``in_domain``), via ``metrics.retrieval_report``."""
     feats_a, labels_a = extract_features(encoder, dataset_a, device, batch_size, num_workers)
     feats_b, labels_b = extract_features(encoder, dataset_b, device, batch_size, num_workers)
@@ -505,7 +505,7 @@ def step_losses(
 
     q, k, index: per domain, the query features (B, D), key features (B, D), bank slots (B,).
     L_CW and L_SE compare q with the epoch's k-means prototypes (constants within the epoch);
-    the OT L_DD compares the two domains' batch centroid estimates (spec §2), which carry the
+    the OT L_DD compares the two domains' batch centroid estimates (book chapter 3), which carry the
     gradient, under the epoch's matching; the sample L_DD is applied to both domains' batches.
     """
     mean = _domain_mean

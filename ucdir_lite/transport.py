@@ -1,4 +1,4 @@
-"""Entropic optimal transport (Sinkhorn) and one-to-one cluster matching (spec §5).
+"""Entropic optimal transport (Sinkhorn) and one-to-one cluster matching (book chapter 5).
 
 Cluster indices are arbitrary in each domain, so before the distance-of-distance loss can
 compare the two domains' centroid geometry, cluster ``i`` of domain A must be paired with a
@@ -149,7 +149,7 @@ def match_clusters(
     *,
     max_iter: int = 1000,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """One-to-one matching ``pi`` of A's clusters to B's clusters by entropic OT (spec §5).
+    """One-to-one matching ``pi`` of A's clusters to B's clusters by entropic OT (book chapter 5).
 
     Cost ``C_ij = ||c^A_i - c^B_j||_2^2``, divided by its maximum so that ``C`` lies in
     ``[0, 1]`` and ``epsilon`` is relative to the largest squared distance (scale-free; for
