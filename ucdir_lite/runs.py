@@ -79,7 +79,7 @@ def export_runs(archive: str | os.PathLike, cache_dir: str | os.PathLike | None 
     with tarfile.open(partial, mode) as tar:
         for run in runs:
             for path in sorted(run.iterdir()):
-                if path.is_file() and not path.is_symlink():
+                if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
                     tar.add(path, arcname=f"{run.name}/{path.name}", recursive=False)
     partial.replace(archive)
     return [run.name for run in runs]
