@@ -531,6 +531,7 @@ print(f"domainnet preset: {real.arch}, {real.epochs} epochs ({real.warmup_epochs
       f"{len(ARMS) * real.epochs} without")
 
 # %% [markdown]
-# **This is the last notebook.** {doc}`/book/differences` lists every place where the
-# official code departs from the paper's equations, and {doc}`/book/api` the package's
-# functions, for your own experiments.
+# **This is the last notebook of the method.** Going further, notebook 7 makes the domain gap
+# an experimental variable and asks where the alignment terms matter. {doc}`/book/differences`
+# lists every place where the official code departs from the paper's equations, and
+# {doc}`/book/api` the package's functions, for your own experiments.

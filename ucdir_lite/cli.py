@@ -105,7 +105,8 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     root = glyphs.generate_benchmark(
         args.root, num_classes=args.num_classes, images_per_class=args.images_per_class,
         domains=tuple(args.domains or glyphs.DOMAINS), image_size=args.image_size, seed=args.seed,
-        imbalance=args.imbalance, overwrite=args.overwrite, progress=not args.no_progress)
+        imbalance=args.imbalance, domain_gap=args.domain_gap, overwrite=args.overwrite,
+        progress=not args.no_progress)
     print(f"benchmark: {root}")
     if args.contact_sheet:
         fig = glyphs.contact_sheet(root)
@@ -188,6 +189,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--domains", nargs="+", help="default: all four (photo clipart sketch "
                    "quickdraw)")
     g.add_argument("--imbalance", type=float, default=0.0)
+    g.add_argument("--domain-gap", type=float, default=0.0, metavar="DEGREES",
+                   help="turn every sketch glyph by this many degrees (book chapter 7)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a benchmark made with other parameters")
     g.add_argument("--contact-sheet", metavar="PNG", help="also save a contact sheet")
@@ -263,6 +266,45 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ablate)
 
 
+def cmd_gap_sweep(args: argparse.Namespace) -> int:
+    from ucdir_lite import gap
+
+    results = gap.run_gap_sweep(
+        levels=args.levels, seeds=args.seeds, preset=args.preset, pair=args.pair,
+        arms=args.arms, jobs=args.jobs, out=args.out, cache_dir=args.cache_dir,
+        progress=not args.no_progress)
+    print(gap.gap_table(results))
+    print(gap.step_table(results))
+    timing = results["timing"]
+    print(f"{timing['runs_trained']} runs trained; wall {timing['wall_s']:.0f} s")
+    if args.out:
+        print(f"results: {args.out}")
+    return 0
+
+
+def _add_gap_sweep(sub: argparse._SubParsersAction) -> None:
+    from ucdir_lite.config import ARMS, DEFAULT_SEEDS
+
+    levels = (0, 45, 90)  # gap.GAP_LEVELS, without importing torch for --help
+    p = sub.add_parser("gap-sweep", help="the domain-gap experiment (book chapter 7)",
+                       description="Train the ablation's arms at each domain-gap level (the "
+                       "sketch glyphs turned by that many degrees), diagnose every run, and "
+                       "print P@50 and each step paired by seed. Runs are cached.")
+    p.add_argument("--levels", nargs="+", type=float, default=list(levels), metavar="DEGREES",
+                   help=f"gap levels (default: {' '.join(map(str, levels))})")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    p.add_argument("--preset", default="gap", help="default: gap (the cpu preset on 10 classes)")
+    p.add_argument("--pair", default="clipart:sketch", metavar="A:B",
+                   help="one of the two must be sketch (default: %(default)s)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), metavar="ARM")
+    p.add_argument("--jobs", type=int, help="worker processes (default: as ablate)")
+    p.add_argument("--out", default="results/gap", help="results folder (default: %(default)s)")
+    p.add_argument("--cache-dir", help="run cache (default: $UCDIR_RUNS or "
+                   "~/.cache/ucdir_lite/runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_gap_sweep)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from ucdir_lite import runs
 
@@ -305,6 +347,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_evaluate,
     _add_data,
     _add_ablate,
+    _add_gap_sweep,
     _add_runs,
 )
 
@@ -328,6 +371,7 @@ INTERRUPTED = {
     "train": "continue the run: the same command with --resume",
     "ablate": "run the same command again: finished runs are reused from the cache, an "
               "interrupted one continues",
+    "gap-sweep": "run the same command again: finished runs are reused from the cache",
     "data": "run the same command again (nothing half-written is kept; a download resumes)",
 }
 

@@ -38,7 +38,7 @@ import os
 import shutil
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 GENERATOR_VERSION = "1"
 DOMAINS = ("photo", "clipart", "sketch", "quickdraw")
 MANIFEST = "manifest.json"
+GAP_DOMAIN = "sketch"
+"""The domain that the domain-gap knob (``domain_gap``) turns: the target of both default pairs."""
 
 # (folder name, character). The first 30 are the default classes. No class is the mirror image
 # of another, so horizontal flips are safe (tests/test_glyphs.py checks it on the renderings).
@@ -245,14 +247,32 @@ def _check_domain_and_class(domain: str, class_name: str) -> None:
         )
 
 
-def image_parameters(domain: str, class_name: str, index: int, seed: int = 0) -> GlyphParams:
+def image_parameters(domain: str, class_name: str, index: int, seed: int = 0,
+                     domain_gap: float = 0.0) -> GlyphParams:
     """The font, scale, rotation, shift and stroke of image ``index`` of a class in a domain.
 
     These are the first draws of the image's own random stream, so they are exactly what
-    :func:`render_image` and :func:`generate_benchmark` use.
+    :func:`render_image` and :func:`generate_benchmark` use (``domain_gap``: see
+    :func:`with_gap`).
     """
     _check_domain_and_class(domain, class_name)
-    return _draw_params(_image_rng(seed, domain, class_name, index), domain, class_name, index)
+    params = _draw_params(_image_rng(seed, domain, class_name, index), domain, class_name, index)
+    return with_gap(params, domain_gap)
+
+
+def with_gap(params: GlyphParams, domain_gap: float) -> GlyphParams:
+    """The domain-gap knob: in :data:`GAP_DOMAIN` every glyph is turned ``domain_gap`` more
+    degrees (counter-clockwise), on top of its own random tilt; other domains are unchanged.
+
+    Turning the content of one domain moves its features away from the other domain's (a
+    CNN's features are not rotation invariant, and no augmentation rotates) while each domain
+    keeps its own structure: the same glyphs, the same style, the same within-class variety.
+    Chosen by measurement among six candidates (``bench/gap_candidates.py``; book chapter 7).
+    The style's random draws do not depend on it, so ``domain_gap=0`` is the default benchmark.
+    """
+    if domain_gap == 0 or params.domain != GAP_DOMAIN:
+        return params
+    return replace(params, angle=params.angle + float(domain_gap))
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,18 +475,20 @@ _STYLES = {
 
 
 def render_image(
-    domain: str, class_name: str, index: int, *, seed: int = 0, image_size: int = 32
+    domain: str, class_name: str, index: int, *, seed: int = 0, image_size: int = 32,
+    domain_gap: float = 0.0,
 ) -> Image.Image:
     """Image ``index`` of class ``class_name`` in ``domain``: an RGB PIL image.
 
     Drawn at twice ``image_size`` and downsampled (2x2 box filter) for anti-aliasing. The
-    same arguments always give the same pixels.
+    same arguments always give the same pixels. ``domain_gap`` turns the glyphs of
+    :data:`GAP_DOMAIN` by that many degrees (:func:`with_gap`).
     """
     _check_domain_and_class(domain, class_name)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
     rng = _image_rng(seed, domain, class_name, index)
-    params = _draw_params(rng, domain, class_name, index)
+    params = with_gap(_draw_params(rng, domain, class_name, index), domain_gap)
     mask = _glyph_mask(params, 2 * image_size)
     rgb = _STYLES[domain](mask, rng)
     big = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
@@ -476,8 +498,9 @@ def render_image(
 # --------------------------------------------------------------------------------------------
 # the benchmark on disk
 # --------------------------------------------------------------------------------------------
-def _params_dict(num_classes, images_per_class, domains, image_size, seed, imbalance) -> dict:
-    return {
+def _params_dict(num_classes, images_per_class, domains, image_size, seed, imbalance,
+                 domain_gap=0.0) -> dict:
+    params = {
         "num_classes": int(num_classes),
         "images_per_class": int(images_per_class),
         "domains": list(domains),
@@ -485,6 +508,9 @@ def _params_dict(num_classes, images_per_class, domains, image_size, seed, imbal
         "seed": int(seed),
         "imbalance": float(imbalance),
     }
+    if domain_gap:  # recorded only when set: the default benchmark's manifest stays as it was
+        params["domain_gap"] = float(domain_gap)
+    return params
 
 
 def _validate(params: dict) -> None:
@@ -501,6 +527,14 @@ def _validate(params: dict) -> None:
     if not 0.0 <= params["imbalance"] < 1.0:
         raise ValueError(
             f"imbalance must be in [0, 1) (0 = balanced), got {params['imbalance']}"
+        )
+    gap = params.get("domain_gap", 0.0)
+    if not 0.0 <= gap < 360.0:
+        raise ValueError(f"domain_gap must be an angle in degrees in [0, 360), got {gap}")
+    if gap and GAP_DOMAIN not in params["domains"]:
+        raise ValueError(
+            f"domain_gap={gap} turns the {GAP_DOMAIN!r} domain, which is not among the domains "
+            f"{tuple(params['domains'])}; add it or leave domain_gap at 0"
         )
 
 
@@ -539,13 +573,14 @@ def _matches(manifest: dict | None, params: dict) -> bool:
 
 def _write_class(task: tuple) -> list[tuple[str, str]]:
     """Render and write one (domain, class) folder; returns (relative path, sha256) pairs."""
-    out_root, domain, class_name, count, seed, image_size = task
+    out_root, domain, class_name, count, seed, image_size, domain_gap = task
     folder = Path(out_root) / domain / class_name
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(count):
         buf = io.BytesIO()
-        img = render_image(domain, class_name, i, seed=seed, image_size=image_size)
+        img = render_image(domain, class_name, i, seed=seed, image_size=image_size,
+                           domain_gap=domain_gap)
         img.save(buf, format="PNG", optimize=False, compress_level=6)
         data = buf.getvalue()
         rel = f"{domain}/{class_name}/{i:04d}.png"
@@ -611,6 +646,7 @@ def generate_benchmark(
     image_size: int = 32,
     seed: int = 0,
     imbalance: float = 0.0,
+    domain_gap: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
     workers: int | None = None,
@@ -630,6 +666,8 @@ def generate_benchmark(
         seed: the random seed; each (domain, class, image) has its own stream from it.
         imbalance: 0 = balanced; otherwise class counts decay geometrically
             (:func:`class_counts`).
+        domain_gap: degrees by which every glyph of :data:`GAP_DOMAIN` is turned
+            (:func:`with_gap`; 0 = the default benchmark, byte for byte).
         overwrite: replace an existing benchmark made with other parameters (a folder that is
             not a glyph benchmark is never replaced).
         progress: show a tqdm progress bar.
@@ -637,7 +675,8 @@ def generate_benchmark(
             bytes do not depend on it.
     """
     root = Path(root).expanduser()
-    params = _params_dict(num_classes, images_per_class, domains, image_size, seed, imbalance)
+    params = _params_dict(num_classes, images_per_class, domains, image_size, seed, imbalance,
+                          domain_gap)
     _validate(params)
     if _up_to_date(root, params, overwrite):
         return root
@@ -650,7 +689,7 @@ def generate_benchmark(
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tasks = [(str(tmp), d, c, n, seed, image_size)
+    tasks = [(str(tmp), d, c, n, seed, image_size, float(domain_gap))
              for d in domains for c, n in zip(names, counts, strict=True)]
     if workers is None:
         workers = _default_workers(sum(t[3] for t in tasks))
@@ -719,9 +758,11 @@ def default_root(**params) -> Path:
 
 
 def _params_from_kwargs(
-    *, num_classes=30, images_per_class=60, domains=DOMAINS, image_size=32, seed=0, imbalance=0.0
+    *, num_classes=30, images_per_class=60, domains=DOMAINS, image_size=32, seed=0, imbalance=0.0,
+    domain_gap=0.0,
 ) -> dict:
-    p = _params_dict(num_classes, images_per_class, domains, image_size, seed, imbalance)
+    p = _params_dict(num_classes, images_per_class, domains, image_size, seed, imbalance,
+                     domain_gap)
     _validate(p)
     return p
 
@@ -736,8 +777,8 @@ def ensure_benchmark(
     """Return the root of a generated benchmark with these parameters, generating it if needed.
 
     ``params`` are :func:`generate_benchmark`'s (``num_classes``, ``images_per_class``,
-    ``domains``, ``image_size``, ``seed``, ``imbalance``). With ``root=None`` the folder is
-    :func:`default_root` (``$UCDIR_DATA`` is the parent folder of the cache). If
+    ``domains``, ``image_size``, ``seed``, ``imbalance``, ``domain_gap``). With ``root=None``
+    the folder is :func:`default_root` (``$UCDIR_DATA`` is the parent folder of the cache). If
     ``root/manifest.json`` records the same generator version and parameters this returns at
     once; if it records others the benchmark is regenerated in place; a non-empty folder that
     is not a glyph benchmark is an error.

@@ -131,6 +131,7 @@ def data_root(cfg: TrainConfig, progress: bool = False) -> Path:
             images_per_class=cfg.images_per_class,
             image_size=cfg.image_size,
             seed=cfg.data_seed,
+            domain_gap=cfg.domain_gap,
             progress=progress,
         )
     )
