@@ -122,7 +122,9 @@ display(fig)
 # run it measures the geometry with the labels (`ucdir_lite.diagnostics.diagnose`).
 
 # %%
-results = gap.run_gap_sweep(levels=levels, seeds=seeds, preset=preset, out="results/gap",
+# out=None: the page writes nothing into the repository (`ucdir-lite gap-sweep --out DIR`
+# writes results.json and table.md)
+results = gap.run_gap_sweep(levels=levels, seeds=seeds, preset=preset, out=None,
                             progress=False)
 timing = results["timing"]
 print(f"{timing['runs_trained']} runs trained now (0: every run came from the run cache); "
