@@ -276,27 +276,31 @@ def load_gap_results(out: str | os.PathLike) -> dict[str, Any]:
 
 def plot_steps(results: dict[str, Any], k: int | None = None,
                directions: Sequence[str] = ("A->B", "B->A")):
-    """P@k gain of each step against the gap level, one panel per direction; points: mean of
-    the paired per-seed differences, error bars: their sd over seeds. Returns a Figure."""
+    """P@k gain of each step against the gap level: one row per step (each on its own scale),
+    one column per direction; points: mean of the paired per-seed differences, error bars:
+    their sd over seeds, the grey line: no change. Returns a Figure."""
     from matplotlib.figure import Figure
 
     k = first_k(results, k)
     rows = steps(results, k, directions)
-    fig = Figure(figsize=(7.4, 3.2), layout="constrained")
-    axes = fig.subplots(1, len(directions), sharey=True, squeeze=False)[0]
     names = list(dict.fromkeys(r["step"] for r in rows))
-    for ax, d in zip(axes, directions, strict=True):
-        for i, step in enumerate(names):
+    fig = Figure(figsize=(7.4, 1.2 + 2.0 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), len(directions), sharex=True, sharey="row", squeeze=False)
+    for i, step in enumerate(names):
+        for j, d in enumerate(directions):
+            ax = axes[i, j]
             sel = [r for r in rows if r["direction"] == d and r["step"] == step]
-            x = [r["level"] + (i - (len(names) - 1) / 2) * 2.5 for r in sel]  # side by side
-            ax.errorbar(x, [r["mean"] for r in sel], yerr=[r["sd"] for r in sel], marker="o",
-                        capsize=3, label=step)
-        ax.axhline(0.0, color="0.5", lw=0.8)
+            ax.errorbar([r["level"] for r in sel], [r["mean"] for r in sel],
+                        yerr=[r["sd"] for r in sel], marker="o", capsize=4, color=f"C{i}")
+            ax.axhline(0.0, color="0.5", lw=0.8)
+            ax.tick_params(labelsize=9)
+            if i == 0:
+                ax.set_title(direction_label(results, d), fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"{step}\n(points of P@{k})", fontsize=9)
+    for ax in axes[-1]:
         ax.set_xticks(results["levels"], [f"{v:g}°" for v in results["levels"]])
-        ax.set_xlabel("domain gap (sketch glyphs turned by)")
-        ax.set_title(direction_label(results, d), fontsize=10)
-    axes[0].set_ylabel(f"paired gain in P@{k} (points)")
-    axes[-1].legend(fontsize=8, loc="best")
+        ax.set_xlabel("domain gap: sketch glyphs turned by", fontsize=9)
     return fig
 
 
@@ -325,25 +329,28 @@ def class_mean_geometry(run_dir: str | os.PathLike) -> tuple[Tensor, Tensor, lis
 def plot_class_means(panels: Sequence[tuple[str, Tensor, Tensor]], names: Sequence[str],
                      domains: Sequence[str] = GAP_PAIR):
     """One panel per (title, means of A, means of B): both domains' class means in one 2-D
-    projection (principal directions of the panel's 2C points), each class's two means joined.
-    Short lines: the domains agree on where each class lies. Returns a Figure."""
+    projection shared by every panel (the principal directions of all their points), each
+    class's two means joined. Short lines: the domains agree on where each class lies.
+    Returns a Figure."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.7 * len(panels), 3.9), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, means_a, means_b) in zip(axes, panels, strict=True):
-        xy = _project(torch.cat([means_a, means_b]))
-        a, b = xy[: len(means_a)], xy[len(means_a):]
-        for i in range(len(a)):
+    n = len(panels[0][1])
+    xy = _project(torch.cat([torch.cat([a, b]) for _, a, b in panels])).split(2 * n)
+    fig = Figure(figsize=(7.4, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0]
+    for ax, (title, _, _), points in zip(axes, panels, xy, strict=True):
+        a, b = points[:n], points[n:]
+        for i in range(n):
             ax.plot([a[i, 0], b[i, 0]], [a[i, 1], b[i, 1]], color="0.6", lw=0.8, zorder=1)
-            ax.annotate(names[i].split("_", 1)[-1], a[i], fontsize=7, xytext=(3, 3),
+            ax.annotate(names[i].split("_", 1)[-1], a[i], fontsize=9, xytext=(3, 3),
                         textcoords="offset points")
-        ax.scatter(a[:, 0], a[:, 1], s=28, marker="o", label=domains[0], zorder=2)
-        ax.scatter(b[:, 0], b[:, 1], s=28, marker="^", label=domains[1], zorder=2)
+        ax.scatter(a[:, 0], a[:, 1], s=30, marker="o", label=domains[0], zorder=2)
+        ax.scatter(b[:, 0], b[:, 1], s=30, marker="^", label=domains[1], zorder=2)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0].legend(fontsize=8, loc="best")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               fontsize=9)
     return fig
 
 
