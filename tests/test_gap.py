@@ -118,7 +118,7 @@ def test_smoke_sweep_end_to_end_rows_are_configs_and_a_rerun_is_cached(tmp_path,
         ["clipart:sketch"], [0], preset="smoke", out=None, arms=["Full"], jobs=1,
         overrides={"domain_gap": 90.0}, cache_dir=tmp_path / "runs", progress=False)["rows"]}
     assert all(load_run(d)[1].domain_gap == 90.0 for d in runs)
-    for name in ("results.json", "table.md", "timing.json"):
+    for name in ("results.json", "table.md", "timing.json", "steps.png"):
         assert (tmp_path / "out" / name).is_file()
     again = gap.run_gap_sweep(**kw)
     assert again["timing"]["runs_trained"] == 0

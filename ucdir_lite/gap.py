@@ -44,7 +44,7 @@ from ucdir_lite.ablation import (
 )
 from ucdir_lite.diagnostics import class_means, diagnose
 from ucdir_lite.glyphs import GAP_DOMAIN
-from ucdir_lite.utils import atomic_write_json, atomic_write_text
+from ucdir_lite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 GAP_LEVELS: tuple[float, ...] = (0.0, 45.0, 90.0)
 """The sweep's gap levels: degrees by which the sketch glyphs are turned."""
@@ -104,7 +104,8 @@ def run_gap_sweep(
         seeds, preset, arms, jobs, cache_dir, progress: as ``ablation.run_ablation``.
         pair: the two domains, ``"A:B"`` or ``(A, B)``; the gap turns the sketch domain, so
             one of them is sketch.
-        out: a folder for ``results.json``, ``table.md`` and ``timing.json`` (None: nothing).
+        out: a folder for ``results.json``, ``table.md`` (P@K, steps, diagnostics),
+            ``steps.png`` (``plot_steps``) and ``timing.json`` (None: write nothing).
 
     Returns:
         ``{"preset", "pair", "levels", "seeds", "arms", "rows", "timing"}``: one row per
@@ -145,7 +146,11 @@ def run_gap_sweep(
         stable = {k: v for k, v in results.items() if k != "timing"}
         atomic_write_json(stable, out / "results.json")
         atomic_write_json(results["timing"], out / "timing.json")
-        atomic_write_text(gap_table(results) + "\n" + step_table(results), out / "table.md")
+        atomic_write_text(gap_table(results) + "\n" + step_table(results) + "\n"
+                          + diagnostics_table(results), out / "table.md")
+        fig = plot_steps(results)
+        atomic_write(out / "steps.png", lambda tmp: fig.savefig(
+            tmp, format="png", dpi=120, metadata={"Software": None}))
     return results
 
 
