@@ -64,9 +64,10 @@ preset = "smoke" if smoke_mode() else "gap"
 levels = (0.0, 90.0) if smoke_mode() else gap.GAP_LEVELS
 seeds = (0, 1) if smoke_mode() else (0, 1, 2)
 cfg = get_preset(preset)
-print(f"smoke mode: {smoke_mode()}; preset {preset!r}: {cfg.num_classes} classes, "
-      f"{cfg.images_per_class} images per class and domain, K = {cfg.num_clusters}; "
-      f"gap levels {levels}; seeds {seeds}")
+print(f"smoke mode: {smoke_mode()}; preset {preset!r}: "
+      f"{cfg.num_classes} classes, {cfg.images_per_class} images")
+print(f"per class and domain, K = {cfg.num_clusters}; "
+      f"levels {levels}; seeds {seeds}")
 
 # %% [markdown]
 # ## A gap you can turn
@@ -125,13 +126,13 @@ display(fig)
 # run it measures the geometry with the labels (`ucdir_lite.diagnostics.diagnose`).
 
 # %%
-# out=None: the page writes nothing into the repository (`ucdir-lite gap-sweep --out DIR`
-# writes results.json and table.md)
-results = gap.run_gap_sweep(levels=levels, seeds=seeds, preset=preset, out=None,
-                            progress=False)
+# out=None: this page writes no files (`ucdir-lite gap-sweep
+# --out DIR` writes the tables, the figure and results.json)
+results = gap.run_gap_sweep(levels=levels, seeds=seeds,
+                            preset=preset, out=None, progress=False)
 timing = results["timing"]
-print(f"{timing['runs_trained']} runs trained now (0: every run came from the run cache); "
-      f"{timing['wall_s']:.0f} s")
+print(f"{timing['runs_trained']} runs trained now "
+      f"(0: all from the run cache); {timing['wall_s']:.0f} s")
 
 # %% [markdown]
 # ## What the gap does after the warm-up
