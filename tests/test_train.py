@@ -96,9 +96,13 @@ def test_unknown_keys_and_presets():
         TrainConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(ValueError, match="unknown preset 'gpu'; choose one of smoke, cpu"):
         get_preset("gpu")
-    assert set(PRESETS) == {"smoke", "cpu", "office-home", "domainnet"}
+    assert set(PRESETS) == {"smoke", "cpu", "gap", "office-home", "domainnet"}
     for name in PRESETS:
         assert isinstance(get_preset(name), TrainConfig)
+    # the domain-gap experiment's preset is the cpu preset on 10 classes, K = 2 x classes
+    gap, cpu = get_preset("gap").to_dict(), get_preset("cpu").to_dict()
+    assert {k for k in gap if gap[k] != cpu[k]} == {"num_classes", "num_clusters"}
+    assert (gap["num_classes"], gap["num_clusters"]) == (10, 20)
 
 
 def test_paper_presets_follow_the_protocol():
