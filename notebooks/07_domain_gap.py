@@ -121,8 +121,9 @@ display(fig)
 # each seed, through `ucdir_lite.ablation.run_ablation` and its run cache: the rows of one
 # level share that level's warm-up, and the rows that add $\mathcal{L}_{DD}$ share its stem
 # (chapter 6). A level is nothing but a config override, `domain_gap=level`. The preset is
-# the `cpu` preset on the first 10 classes (`K` = 20, twice the classes, as `cpu` has), so
-# that three levels × three seeds × every row train in minutes on two cores. After every
+# `gap`: the `cpu` preset on its first 10 classes with 50 images per class and domain (`K` =
+# 20, twice the classes, as in `cpu`), so that three levels × three seeds × every row train
+# in about ten minutes on two cores (the first line printed above). After every
 # run it measures the geometry with the labels (`ucdir_lite.diagnostics.diagnose`).
 
 # %%

@@ -101,8 +101,9 @@ def test_unknown_keys_and_presets():
         assert isinstance(get_preset(name), TrainConfig)
     # the domain-gap experiment's preset is the cpu preset on 10 classes, K = 2 x classes
     gap, cpu = get_preset("gap").to_dict(), get_preset("cpu").to_dict()
-    assert {k for k in gap if gap[k] != cpu[k]} == {"num_classes", "num_clusters"}
-    assert (gap["num_classes"], gap["num_clusters"]) == (10, 20)
+    assert {k for k in gap if gap[k] != cpu[k]} == {"num_classes", "images_per_class",
+                                                     "num_clusters"}
+    assert (gap["num_classes"], gap["images_per_class"], gap["num_clusters"]) == (10, 50, 20)
 
 
 def test_paper_presets_follow_the_protocol():

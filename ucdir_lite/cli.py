@@ -293,7 +293,8 @@ def _add_gap_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", nargs="+", type=float, default=list(levels), metavar="DEGREES",
                    help=f"gap levels (default: {' '.join(map(str, levels))})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
-    p.add_argument("--preset", default="gap", help="default: gap (the cpu preset on 10 classes)")
+    p.add_argument("--preset", default="gap", help="default: gap (the cpu preset on 10 classes "
+                   "x 50 images)")
     p.add_argument("--pair", default="clipart:sketch", metavar="A:B",
                    help="one of the two must be sketch (default: %(default)s)")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), metavar="ARM")
