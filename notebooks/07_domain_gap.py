@@ -264,13 +264,18 @@ verdict_text = (f"`Full` beats `CW+SE` in both cross-domain directions, beyond t
 matched = {level: statistics.fmean(gap.values(results, level, "CW+SE",
                                                gap.diagnostic("matched_same")))
            for level in (lo, hi)}
+aligned = statistics.fmean(gap.values(results, lo, "CW+SE", gap.diagnostic("cross_cos")))
+why = (f"At {hi:g}° most of the pairs L_DD pulls together are of different classes, so it has "
+       f"no right target; at {lo:g}° more pairs are right, but the class means already point "
+       f"the same way (cosine {aligned:.2f} after `CW+SE`): little is left to align."
+       if matched[hi] < 50 else
+       f"At {hi:g}° most matched pairs are right, yet the step is as measured above.")
 display(Markdown(
     "\n".join(lines) + f"\n\n{verdict_text}. At the largest gap ({hi:g}°), L_DD (OT form) "
     "moved the " + " and the ".join(geometry) + ". It can only pull together the clusters "
     f"that the OT matching pairs: after `CW+SE`, {matched[hi]:.0f} % of the matched cluster "
     f"pairs share their majority class at {hi:g}°, against {matched[lo]:.0f} % at {lo:g}°. "
-    "Where the gap is large, most of the pairs L_DD aligns are of different classes; where "
-    "the pairs are right, the domains are already aligned."))
+    + why))
 
 # %% [markdown]
 # ## Summary
