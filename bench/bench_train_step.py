@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import limit_threads, machine_info, median_time, print_table
 
 from ucdir_lite.ablation import arm_config, run_ablation
+from ucdir_lite.augment import BatchAugment
 from ucdir_lite.config import get_preset
 from ucdir_lite.model import momentum_update, split_batch_norm
 from ucdir_lite.train import (
-    BatchAugment,
     build_data,
     build_model,
     cluster_features,

@@ -54,6 +54,7 @@ from IPython.display import Code, Markdown, display
 
 from ucdir_lite import chapter, datasets, losses, model, plots, train
 from ucdir_lite.ablation import WARMUP, train_arm
+from ucdir_lite.augment import BatchAugment
 from ucdir_lite.config import get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
@@ -143,7 +144,7 @@ print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled 
 display(Code(inspect.getsource(train.shuffled_keys), language="python"))
 
 # %% [markdown]
-# One training step, inside `ucdir_lite.train`, does all of it, in the order of the official
+# One training step, `ucdir_lite.train.train_step`, does all of it, in the order of the official
 # code: the first views of a batch of each domain go through the query encoder and the second
 # views through the key encoder (`shuffled_keys`); the keys are written into the batch's bank
 # slots; then the loss terms of the epoch are computed against that bank and summed with their
@@ -152,12 +153,10 @@ display(Code(inspect.getsource(train.shuffled_keys), language="python"))
 # one pass of the key encoder over each domain.
 
 # %%
-source = inspect.getsource(train._train_epoch)
-display(Code(source[source.index("    for batch in"):source.index("    return {")],
-             language="python"))
+display(Code(inspect.getsource(train.train_step), language="python"))
 
 # %% [markdown]
-# The views come from `ucdir_lite.train.BatchAugment`, MoCo v2's augmentations applied to a
+# The views come from `ucdir_lite.augment.BatchAugment`, MoCo v2's augmentations applied to a
 # whole batch at once. The two views of an image must be recognised as the same image, so
 # whatever the augmentations change (colour, scale, position) is what the features learn to
 # ignore:
@@ -174,7 +173,7 @@ def raw_images(domain):
 
 
 images = {domain: raw_images(domain) for domain in cfg.domains}
-augment = train.BatchAugment(cfg.image_size)
+augment = BatchAugment(cfg.image_size)
 g = torch.Generator().manual_seed(0)
 mean = torch.tensor(datasets.MEAN)[:, None, None]
 std = torch.tensor(datasets.STD)[:, None, None]

@@ -105,14 +105,12 @@ print(f"fresh features: {a} {tuple(features[0].shape)}, {b} {tuple(features[1].s
 # and the k-means label of an image is its **pseudo-label** for the epoch. The cheaper
 # alternative, `cluster_on="bank"`, clusters the memory bank instead: no extra pass over the
 # data, but the bank holds keys of *augmented* views, written during the previous epoch by
-# key encoders of different ages. This is the part of the trainer's epoch that picks the
+# key encoders of different ages. This is the trainer's function that picks the epoch's
 # points, and the function that clusters them (k-means seeded from the run's seed, the epoch
 # and the domain):
 
 # %%
-source = inspect.getsource(train._train_epoch)
-display(Code(source[source.index("    clusters = None"):source.index("    sums:")],
-             language="python"))
+display(Code(inspect.getsource(train.epoch_clusters), language="python"))
 display(Code(inspect.getsource(train.cluster_features), language="python"))
 
 # %% [markdown]

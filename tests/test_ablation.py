@@ -43,7 +43,7 @@ class CountingTrain:
     def __init__(self, monkeypatch):
         self.calls = 0
         self.epochs = 0
-        real_epoch = train_mod._train_epoch
+        real_epoch = train_mod.train_epoch
 
         def counted_epoch(*args, **kwargs):
             self.epochs += 1
@@ -53,7 +53,7 @@ class CountingTrain:
             self.calls += 1
             return train_mod.train(*args, **kwargs)
 
-        monkeypatch.setattr(train_mod, "_train_epoch", counted_epoch)
+        monkeypatch.setattr(train_mod, "train_epoch", counted_epoch)
         monkeypatch.setattr(ab, "train", counted_train)
 
 
@@ -250,14 +250,14 @@ def test_changed_config_reruns_only_what_it_changes(env, first, monkeypatch):
 def test_interrupted_run_continues_where_it_stopped(env, first, monkeypatch):
     cache = env / "cache-interrupted"
     cfg = get_preset("smoke")
-    real_epoch = train_mod._train_epoch
+    real_epoch = train_mod.train_epoch
 
     def failing_epoch(run_cfg, state, *args, **kwargs):
         if run_cfg.cw and not run_cfg.se and state.epoch == cfg.epochs - 1:
             raise KeyboardInterrupt  # the CW arm, after its first epoch past the warm-up
         return real_epoch(run_cfg, state, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", failing_epoch)
+    monkeypatch.setattr(train_mod, "train_epoch", failing_epoch)
     with pytest.raises(KeyboardInterrupt):
         ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=1, threads=THREADS,
                         cache_dir=cache, progress=False)

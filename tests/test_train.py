@@ -10,7 +10,8 @@ import torch
 
 import ucdir_lite.train as train_mod
 from ucdir_lite import datasets as ds_lib
-from ucdir_lite import glyphs
+from ucdir_lite import glyphs, objective
+from ucdir_lite.augment import BatchAugment
 from ucdir_lite.config import (
     PRESETS,
     TrainConfig,
@@ -19,7 +20,6 @@ from ucdir_lite.config import (
     smoke_mode,
 )
 from ucdir_lite.train import (
-    BatchAugment,
     TrainingDiverged,
     build_data,
     evaluate,
@@ -256,7 +256,7 @@ def test_resuming_a_finished_run_returns_it(smoke_run, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(train_mod, "_train_epoch", no_training)
+    monkeypatch.setattr(train_mod, "train_epoch", no_training)
     again = train(smoke(), smoke_run.out_dir, resume=True, progress=False)
     assert again.metrics == smoke_run.metrics
     assert _same_state(again.encoder, smoke_run.encoder)
@@ -271,7 +271,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = smoke(epochs=4, warmup_epochs=1, eval_every=2)
     straight = train(cfg, tmp_path / "straight", progress=False)
 
-    real_epoch = train_mod._train_epoch
+    real_epoch = train_mod.train_epoch
     calls = []
 
     def interrupted(cfg_, state, *args, **kwargs):
@@ -280,11 +280,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
         calls.append(state.epoch)
         return real_epoch(cfg_, state, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", interrupted)
+    monkeypatch.setattr(train_mod, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "resumed", progress=False)
     assert load_checkpoint(tmp_path / "resumed")["epoch"] == 2
-    monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
     resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
 
     assert calls == [0, 1]
@@ -333,7 +333,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
     def nan_loss(z, centroids, tau=0.1, labels=None):
         return z.sum() * float("nan")
 
-    monkeypatch.setattr(train_mod, "cluster_wise_loss", nan_loss)
+    monkeypatch.setattr(objective, "cluster_wise_loss", nan_loss)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"'cw' became nan at epoch 1.*checkpoint \(1 "
                        r"epochs\) is kept") as info:
@@ -411,13 +411,13 @@ def test_resume_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(smoke(epochs=1, warmup_epochs=1, threads=1), out, progress=False)
     seen = []
-    real_epoch = train_mod._train_epoch
+    real_epoch = train_mod.train_epoch
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", spy)
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

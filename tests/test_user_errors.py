@@ -17,9 +17,10 @@ from PIL import Image
 import ucdir_lite.ablation as ab
 from ucdir_lite import cli
 from ucdir_lite._lock import FolderInUse
+from ucdir_lite.checkpoint import FORMAT
 from ucdir_lite.cli import main
 from ucdir_lite.config import get_preset
-from ucdir_lite.train import FORMAT, build_model
+from ucdir_lite.model import build_model
 
 
 @pytest.fixture(autouse=True)

@@ -76,8 +76,8 @@ _LOSS_FIELDS = {
 }
 _CLUSTER_FIELDS = ("tau", "num_clusters", "kmeans_iters", "kmeans_restarts", "cluster_on")
 # Modules whose source decides what a run learns (part of the code version).
-_TRAINING_MODULES = ("train", "losses", "clustering", "transport", "model", "datasets",
-                     "config", "utils", "metrics")
+_TRAINING_MODULES = ("train", "objective", "losses", "clustering", "transport", "model",
+                     "data", "datasets", "augment", "checkpoint", "config", "utils", "metrics")
 MARKER = "cache.json"
 DIRECTIONS = ("A->B", "B->A", "A->A", "B->B")
 

@@ -79,7 +79,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ucdir_lite.train import build_data, evaluate, load_run
+    from ucdir_lite.checkpoint import load_run
+    from ucdir_lite.data import build_data
+    from ucdir_lite.evaluation import evaluate
 
     encoder, cfg = load_run(args.checkpoint, device=args.device)
     overrides: dict[str, Any] = {"device": args.device}
