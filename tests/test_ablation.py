@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ucdir_lite.ablation as ab
+import ucdir_lite.runcache as runcache
 import ucdir_lite.train as train_mod
 from ucdir_lite.cli import main
 from ucdir_lite.config import get_preset
@@ -54,7 +55,7 @@ class CountingTrain:
             return train_mod.train(*args, **kwargs)
 
         monkeypatch.setattr(train_mod, "train_epoch", counted_epoch)
-        monkeypatch.setattr(ab, "train", counted_train)
+        monkeypatch.setattr(runcache, "train", counted_train)
 
 
 # ------------------------------------------------------------------------------- configs
@@ -107,28 +108,6 @@ def test_dd_stem_is_shared_by_the_arms_that_add_dd_late():
     # no stem where forking would not be exact or would save nothing
     assert ab.dd_stem(base.replace(dd_start=40), "Full") is None  # L_DD starts with the rest
     assert ab.dd_stem(base.replace(cosine=True), "Full") is None  # lr depends on the length
-
-
-def test_code_digest_ignores_docstrings_and_comments():
-    src = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n\nclass C:\n    a: int = 1\n'
-    same = ('def f(x):\n    """Another doc,\n    on two lines."""\n    # a comment\n'
-            '    return x + 1\n\nclass C:\n    """C."""\n    a: int = 1\n    """Doc of a."""\n')
-    assert ab._code_digest(src) == ab._code_digest(same)
-    assert ab._code_digest(src) != ab._code_digest(src.replace("x + 1", "x + 2"))
-    assert ab._code_digest(src) != ab._code_digest(src.replace("a: int = 1", "a: int = 2"))
-
-
-def test_run_key_tracks_what_changes_the_result(env):
-    cfg = get_preset("smoke", domains=PAIR)
-    key = ab.run_key(cfg)
-    assert key == ab.run_key(get_preset("smoke", domains=PAIR))
-    assert ab.run_key(cfg.replace(ks=(1, 2), device="cpu", log_every=1)) == key
-    for change in (dict(seed=1), dict(lr=2e-3), dict(epochs=4), dict(domains=("photo", "sketch"))):
-        assert ab.run_key(cfg.replace(**change)) != key, change
-    assert ab.run_key(cfg.replace(threads=1)) != ab.run_key(cfg.replace(threads=2))
-    assert ab.run_key(cfg, parent_key="abc") != key
-    assert ab.run_key(cfg, data="glyphs:other") != key
-    assert ab.run_key(cfg, code="0.0.0+x") != key
 
 
 # ------------------------------------------------------------------------------- end to end
