@@ -41,7 +41,6 @@ from ucdir_lite.train import (
     build_model,
     cluster_features,
     extract_features,
-    loss_weights,
     shuffled_keys,
     step_losses,
     train,
@@ -98,7 +97,7 @@ def bench_steps(base, data, repeats: int) -> list[list]:
     steps = {}
     for name, cfg in variants.items():
         state = copy.deepcopy(template)  # same weights, banks and optimizer for every variant
-        weights = loss_weights(cfg, epoch)
+        weights = cfg.loss_weights(epoch)
         steps[name] = make_step(cfg, state, data, clusters if weights["cw"] else None, weights,
                                 augment, torch.Generator().manual_seed(0))
         steps[name]()  # warm-up call

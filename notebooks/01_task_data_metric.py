@@ -52,14 +52,14 @@ import torch
 from IPython.display import Code, Markdown, display
 
 from ucdir_lite import chapter, glyphs, metrics, plots
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.config import book_config, get_preset, smoke_mode
 from ucdir_lite.datasets import DomainDataset, common_classes, eval_transform
 from ucdir_lite.train import data_root
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
-cfg = get_preset("smoke" if smoke_mode() else "cpu")
+cfg = book_config()  # the cpu preset; smoke in smoke mode
 print(f"device: {device}; smoke mode: {smoke_mode()}")
 
 # %% [markdown]

@@ -80,7 +80,10 @@ def test_config_round_trip_through_json():
         ({"device": "gpu"}, "device='gpu'"),
         ({"lr": "fast"}, "lr='fast' has the wrong type; lr takes float"),
         ({"epochs": 2.5}, "epochs=2.5 has the wrong type"),
-        ({"cw": "yes"}, "cw='yes' has the wrong type; cw takes bool"),
+        ({"cw": "yes"}, "cw='yes' has the wrong type; cw takes bool"),  # an old switch
+        ({"tau_cw": "hot"}, "tau_cw='hot' has the wrong type; tau_cw takes float"),
+        ({"small_input": 1}, "small_input=1 has the wrong type; small_input takes bool | None"),
+        ({"num_workers": True}, "num_workers=True has the wrong type"),
         ({"ks": 5}, "ks=5 must be a list or tuple"),
         ({"seed": -1}, "seed=-1 must be >= 0"),
         ({"data_seed": -1}, "data_seed=-1 must be >= 0"),
@@ -89,6 +92,17 @@ def test_config_round_trip_through_json():
 def test_config_validation_names_the_value(overrides, match):
     with pytest.raises(ValueError, match=match):
         smoke(**overrides)
+
+
+def test_configs_saved_with_the_old_names_still_load():
+    old = smoke().to_dict()
+    old["supcon_tau"], old["se_tau"], old["dd_tau"] = old.pop("tau_cw"), 0.3, old.pop("tau_dd")
+    del old["tau_se"]
+    old.update(cw=True, se=False, dd=True)
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.tau_cw, cfg.tau_se, cfg.tau_dd) == (smoke().tau_cw, 0.3, smoke().tau_dd)
+    assert (cfg.cw_weight, cfg.se_weight, cfg.dd_weight) == (
+        smoke().cw_weight, 0.0, smoke().dd_weight)  # a switched-off term: weight 0
 
 
 def test_unknown_keys_and_presets():
@@ -109,10 +123,11 @@ def test_paper_presets_follow_the_protocol():
             "sgd", 2e-4, 0.9, 1e-4, True)
         assert (cfg.tau_iw, cfg.warmup_epochs, cfg.kmeans_iters, cfg.kmeans_restarts) == (
             0.2, 20, 20, 5)
-        assert cfg.cw_weight_at(19) == 0 and cfg.se_weight_at(99) == 0 and cfg.dd_weight_at(99) == 0
+        assert cfg.loss_weights(19)["cw"] == 0
+        assert cfg.loss_weights(99)["se"] == 0 and cfg.loss_weights(99)["dd"] == 0
         # the official ramp: w (e - 20) / 80, 0 at epoch 20, full from epoch 100
         w = cfg.cw_weight
-        assert [cfg.cw_weight_at(e) for e in (20, 21, 60, 99, 100, 150)] == [
+        assert [cfg.loss_weights(e)["cw"] for e in (20, 21, 60, 99, 100, 150)] == [
             0.0, w * 1 / 80, w * 40 / 80, w * 79 / 80, w, w]
         assert (cfg.cluster_on, cfg.key_bn_splits, cfg.eval_resize_ratio) == (
             "features", 2, 256 / 224)
@@ -120,19 +135,20 @@ def test_paper_presets_follow_the_protocol():
             "supcon", "cross_domain", "sample")
     assert (oh.num_clusters, oh.cw_weight, oh.se_weight, oh.dd_weight) == (65, 0.5, 1.0, 0.5)
     assert (dn.num_clusters, dn.cw_weight, dn.se_weight, dn.dd_weight) == (7, 1.0, 0.5, 0.1)
-    assert (oh.se_tau, dn.se_tau) == (0.01, 0.1)  # the official scripts' self-entropy temp
-    assert oh.se_weight_at(100) == 1.0 and dn.dd_weight_at(100) == 0.1
+    assert (oh.tau_se, dn.tau_se) == (0.01, 0.1)  # the official scripts' self-entropy temp
+    assert oh.loss_weights(100)["se"] == 1.0 and dn.loss_weights(100)["dd"] == 0.1
 
 
 def test_schedule_and_learning_rate():
     cfg = smoke(epochs=10, warmup_epochs=2, cw_ramp_epochs=4, cw_weight=0.5, se_start=5,
                 iw_weight=0.0)
-    assert [cfg.cw_weight_at(e) for e in (0, 1, 2, 3, 5, 6, 9)] == [0, 0, 0, 0.125, 0.375,
-                                                                    0.5, 0.5]
-    assert [cfg.se_weight_at(e) for e in (2, 4, 5)] == [0, 0, cfg.se_weight]
-    assert [cfg.dd_weight_at(e) for e in (1, 2)] == [0, cfg.dd_weight]
-    assert [cfg.iw_weight_at(e) for e in (1, 2)] == [1.0, 0.0]
-    assert smoke(cw=False).cw_weight_at(5) == 0.0
+    weights = [cfg.loss_weights(e) for e in range(10)]
+    assert [weights[e]["cw"] for e in (0, 1, 2, 3, 5, 6, 9)] == [0, 0, 0, 0.125, 0.375, 0.5, 0.5]
+    assert [weights[e]["se"] for e in (2, 4, 5)] == [0, 0, cfg.se_weight]
+    assert [weights[e]["dd"] for e in (1, 2)] == [0, cfg.dd_weight]
+    assert [weights[e]["iw"] for e in (1, 2)] == [1.0, 0.0]
+    assert list(weights[0]) == ["iw", "cw", "se", "dd"]
+    assert smoke(cw_weight=0.0).loss_weights(5)["cw"] == 0.0  # weight 0: the term is off
     cos = smoke(epochs=4, cosine=True, lr=0.2)
     expected = [0.2 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
     assert [learning_rate(cos, e) for e in range(4)] == pytest.approx(expected)
@@ -267,6 +283,7 @@ def test_resume_refuses_another_config(smoke_run):
         train(smoke(lr=0.1), smoke_run.out_dir, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = smoke(epochs=4, warmup_epochs=1, eval_every=2)
     straight = train(cfg, tmp_path / "straight", progress=False)
@@ -296,6 +313,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert all(torch.equal(a["encoder_q"][k], b["encoder_q"][k]) for k in a["encoder_q"])
 
 
+@pytest.mark.slow
 def test_init_from_fork_continues_the_parent(tmp_path):
     cfg = smoke(epochs=3, warmup_epochs=1)
     straight = train(cfg, tmp_path / "straight", progress=False)
@@ -364,14 +382,15 @@ def warmup_ckpt(tmp_path_factory):
 
 
 ARMS = {
-    "IW": (dict(cw=False, se=False, dd=False), {"iw"}),
-    "CW": (dict(iw_weight=0.0, se=False, dd=False), {"iw", "cw"}),
-    "CW+SE": (dict(iw_weight=0.0, dd=False), {"iw", "cw", "se"}),
+    "IW": (dict(cw_weight=0.0, se_weight=0.0, dd_weight=0.0), {"iw"}),
+    "CW": (dict(iw_weight=0.0, se_weight=0.0, dd_weight=0.0), {"iw", "cw"}),
+    "CW+SE": (dict(iw_weight=0.0, dd_weight=0.0), {"iw", "cw", "se"}),
     "Full OT": (dict(iw_weight=0.0, dd_variant="ot"), {"iw", "cw", "se", "dd"}),
     "Full sample": (dict(dd_variant="sample", se_variant="cross_domain"), {"iw", "cw", "se", "dd"}),
-    "supcon": (dict(cw_variant="supcon", se=False, dd=False, cw_ramp_epochs=2),
+    "supcon": (dict(cw_variant="supcon", se_weight=0.0, dd_weight=0.0, cw_ramp_epochs=2),
                {"iw", "cw"}),
-    "cross-domain SE": (dict(cw=False, dd=False, se_variant="cross_domain"), {"iw", "se"}),
+    "cross-domain SE": (dict(cw_weight=0.0, dd_weight=0.0, se_variant="cross_domain"),
+                        {"iw", "se"}),
 }
 
 
@@ -407,6 +426,7 @@ def test_per_image_loader_path(tmp_path):
         train(cfg.replace(batch_augment=True, image_size=16), progress=False)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(smoke(epochs=1, warmup_epochs=1, threads=1), out, progress=False)
@@ -486,3 +506,12 @@ def test_a_read_only_run_folder_is_read_and_refused_before_the_data(tmp_path, mo
     with pytest.raises(PermissionError, match=f"run folder '{out}' is not writable.*--out"):
         train(cfg.replace(epochs=2), out, resume=True, progress=False)
     assert _files(out) == before
+
+
+def test_book_preset_follows_smoke_mode(monkeypatch):
+    from ucdir_lite.config import book_config, book_preset
+
+    monkeypatch.setenv("UCDIR_SMOKE", "1")
+    assert book_preset() == "smoke" and book_config(seed=3) == smoke(seed=3)
+    monkeypatch.setenv("UCDIR_SMOKE", "0")
+    assert book_preset() == "cpu" and book_preset(smoke=True) == "smoke"

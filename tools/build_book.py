@@ -137,10 +137,10 @@ def ensure_data(smoke: bool) -> None:
     That is the benchmark of the ``smoke`` or ``cpu`` preset, through the trainer's own
     ``ucdir_lite.train.data_root``.
     """
-    from ucdir_lite.config import get_preset
+    from ucdir_lite.config import book_preset, get_preset
     from ucdir_lite.train import data_root
 
-    root = data_root(get_preset("smoke" if smoke else "cpu"))
+    root = data_root(get_preset(book_preset(smoke)))
     print(f"build_book: embedded data ready in {root}")
 
 

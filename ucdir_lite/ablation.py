@@ -36,17 +36,23 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ucdir_lite._progress import tqdm
-from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, TrainConfig, get_preset
+from ucdir_lite.config import (
+    ARMS,
+    DEFAULT_PAIRS,
+    DEFAULT_SEEDS,
+    POST_WARMUP_FIELDS,
+    TrainConfig,
+    get_preset,
+)
 from ucdir_lite.runcache import (
     MARKER,
     _cache_dir,
     cached_run,
-    canonical_config,
     code_version,
     data_checksum,
     default_cache_dir,
@@ -54,7 +60,7 @@ from ucdir_lite.runcache import (
     train_cached,
     train_cached_summary,
 )
-from ucdir_lite.train import TrainResult, learning_rate, loss_weights
+from ucdir_lite.train import TrainResult, learning_rate
 from ucdir_lite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 WARMUP = "warm-up"
@@ -62,6 +68,8 @@ WARMUP = "warm-up"
 
 
 DIRECTIONS = ("A->B", "B->A", "A->A", "B->B")
+# The settings of L_DD that arms may change (not its weight): an L_DD stem takes the base's.
+_DD_SETTINGS = ("dd_variant", "ot_epsilon", "tau_dd")
 
 
 # ------------------------------------------------------------------------------- configs
@@ -71,19 +79,22 @@ def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
     """The config of ablation row ``arm`` (a key of ``ARMS``): the base with its overrides."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    return canonical_config(base.replace(**ARMS[arm]))
+    return base.replace(**ARMS[arm])
 
 
 def warmup_config(base: TrainConfig) -> TrainConfig:
-    """The shared warm-up of ``base``: its first ``warmup_epochs`` epochs (L_IW only), in
-    canonical form, so that every arm (and every notebook) of ``base`` shares it. Note: with
+    """The shared warm-up of ``base``: its first ``warmup_epochs`` epochs (L_IW only), with
+    the fields read only after warm-up (``config.POST_WARMUP_FIELDS``) at their defaults, so
+    that every arm (and every notebook) of ``base`` shares it. Note: with
     ``cosine=True`` the warm-up's schedule spans the warm-up only, not the first epochs of the
     full schedule."""
     if base.warmup_epochs < 1:
         raise ValueError(
             f"warmup_epochs={base.warmup_epochs}: the ablation forks a warm-up; use at least 1"
         )
-    return canonical_config(base.replace(epochs=base.warmup_epochs))
+    defaults = TrainConfig()
+    return base.replace(epochs=base.warmup_epochs,
+                        **{name: getattr(defaults, name) for name in POST_WARMUP_FIELDS})
 
 
 def dd_stem(base: TrainConfig, arm: str) -> TrainConfig | None:
@@ -99,16 +110,21 @@ def dd_stem(base: TrainConfig, arm: str) -> TrainConfig | None:
     """
     cfg = arm_config(base, arm)
     start = base.dd_start
-    if not (cfg.cw or cfg.se) or start is None or not base.warmup_epochs < start < cfg.epochs:
+    clusters = cfg.cw_weight > 0 or cfg.se_weight > 0
+    if not clusters or start is None or not base.warmup_epochs < start < cfg.epochs:
         return None
-    stem = canonical_config(cfg.replace(dd=False, epochs=start))
+
+    def stem_of(c: TrainConfig) -> TrainConfig:  # L_DD off, its settings the base's
+        return c.replace(dd_weight=0.0, epochs=start,
+                         **{name: getattr(base, name) for name in _DD_SETTINGS})
+
+    stem = stem_of(cfg)
     with_dd = [arm_config(base, other) for other in ARMS]
-    if not any(c.dd and canonical_config(c.replace(dd=False, epochs=start)) == stem
-               for c in with_dd):
+    if not any(c.dd_weight > 0 and stem_of(c) == stem for c in with_dd):
         return None
     for epoch in range(base.warmup_epochs, start):  # the fork is exact only if these agree
         if (learning_rate(stem, epoch) != learning_rate(cfg, epoch)
-                or loss_weights(stem, epoch) != loss_weights(cfg, epoch)):
+                or stem.loss_weights(epoch) != cfg.loss_weights(epoch)):
             return None
     return stem
 
@@ -121,6 +137,14 @@ def fork_chain(base: TrainConfig, arm: str) -> list[TrainConfig]:
         return [warm]
     stem = dd_stem(base, arm)
     return [warm, *([stem] if stem is not None else []), arm_config(base, arm)]
+
+
+def train_arms(base: TrainConfig, arms: Iterable[str],
+               cache_dir: str | os.PathLike | None = None, *,
+               progress: bool = False) -> dict[str, TrainResult]:
+    """``{arm: train_arm(base, arm)}`` for several rows (``"warm-up"`` included), in order:
+    what a chapter's notebook trains."""
+    return {arm: train_arm(base, arm, cache_dir, progress=progress) for arm in arms}
 
 
 def train_arm(base: TrainConfig, arm: str, cache_dir: str | os.PathLike | None = None, *,
@@ -478,25 +502,64 @@ def paired_verdict(diffs: Sequence[float]) -> str:
     return "no measurable effect"
 
 
+def per_seed(results: dict[str, Any], pair: str, arm: str, direction: str,
+             k: int | None = None) -> dict[int, float]:
+    """``{seed: P@k}`` of one row and direction (``k`` default: the first K): one cell of
+    the table before the mean over the seeds, in the order of the rows."""
+    metric = f"P@{k if k is not None else first_k(results)}"
+    return {r["seed"]: r["metrics"][direction][metric] for r in results["rows"]
+            if r["pair"] == pair and r["arm"] == arm}
+
+
+class Step(NamedTuple):
+    """The change from one row to another, seed by seed (``paired_step``)."""
+
+    mean: float
+    sd: float
+    """NaN for one seed."""
+    up: int
+    """Seeds in which the change is positive."""
+    down: int
+    n: int
+    verdict: str
+    """By ``paired_verdict`` (``RULE``)."""
+
+    def cell(self) -> str:
+        """``"+1.2 ± 0.4 (3/3 ↑, gain)"``."""
+        spread = "" if math.isnan(self.sd) else f" ± {self.sd:.1f}"
+        return f"{self.mean:+.1f}{spread} ({self.up}/{self.n} ↑, {self.verdict})"
+
+
+def paired_step(results: dict[str, Any], pair: str, lower: str, upper: str, direction: str,
+                k: int | None = None) -> Step:
+    """The change of P@k from row ``lower`` to row ``upper`` in one direction, paired by
+    seed (the rows of one seed share its warm-up, so the paired differences vary far less
+    than the P@k themselves)."""
+    low = per_seed(results, pair, lower, direction, k)
+    diffs = [value - low[seed] for seed, value in per_seed(results, pair, upper, direction,
+                                                           k).items()]
+    if not diffs:
+        return Step(math.nan, math.nan, 0, 0, 0, "no measurable effect")
+    mean, sd = _mean_sd(diffs)
+    return Step(mean, sd, sum(d > 0 for d in diffs), sum(d < 0 for d in diffs), len(diffs),
+                paired_verdict(diffs))
+
+
 def gain_table(results: dict[str, Any], k: int | None = None, baseline: str = "IW",
                directions: Sequence[str] = ("A->B", "B->A")) -> str:
-    """A Markdown table of each arm's gain in P@k over ``baseline``, paired by seed (the arms
-    of one seed share its warm-up, so the paired differences vary far less than the P@k):
-    rows = arms, columns = pair and direction, cells = mean ± sd over the seeds and the
-    verdict of ``paired_verdict`` (``RULE``)."""
+    """A Markdown table of each arm's gain in P@k over ``baseline``, paired by seed
+    (``paired_step``): rows = arms, columns = pair and direction, cells = mean ± sd over the
+    seeds and the verdict of ``paired_verdict`` (``RULE``)."""
     k = k if k is not None else first_k(results)
     metric = f"P@{k}"
     header, cells = [], {arm: [] for arm in results["arms"] if arm != baseline}
     for pair in results["pairs"]:
         for direction in directions:
             header.append(direction_label(direction, pair))
-            base = {r["seed"]: r["metrics"][direction][metric] for r in results["rows"]
-                    if r["pair"] == pair and r["arm"] == baseline}
             for arm in cells:
-                gains = [r["metrics"][direction][metric] - base[r["seed"]]
-                         for r in results["rows"] if r["pair"] == pair and r["arm"] == arm]
-                cells[arm].append(f"{_cell(*_mean_sd(gains))} ({paired_verdict(gains)})"
-                                  if gains else "")
+                step = paired_step(results, pair, baseline, arm, direction, k)
+                cells[arm].append(f"{_cell(step.mean, step.sd)} ({step.verdict})"
+                                  if step.n else "")
     lines = [f"Gain in {metric} over {baseline}, paired by seed (mean ± sd; verdict: {RULE})",
              "",
              "| arm | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
@@ -594,7 +657,12 @@ __all__ = [
     "gain_table",
     "load_results",
     "pair_name",
+    "Step",
+    "paired_step",
+    "paired_verdict",
+    "per_seed",
     "run_ablation",
+    "train_arms",
     "run_key",
     "summarize",
     "train_arm",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ucdir_lite.config import TrainConfig
+from ucdir_lite.config import TrainConfig, upgrade
 from ucdir_lite.data import DomainData
 from ucdir_lite.model import Encoder, build_model
 from ucdir_lite.utils import resolve_device
@@ -106,6 +106,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is incomplete (no {', '.join(missing)}): it is damaged "
             "or was not written by ucdir-lite train; pass the checkpoint.pt a run wrote"
         )
+    ckpt["config"] = upgrade(ckpt["config"])  # the field names of today
     return ckpt
 
 

@@ -49,6 +49,29 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(reports: dict[str, dict[str, Any]], metric: str,
+                      domains: Sequence[str] | None = None,
+                      directions: Sequence[str] = ("A->B", "B->A", "A->A", "B->B")) -> str:
+    """One metric (e.g. ``"P@50"``) of several retrieval reports side by side: a row per
+    report (``{name: report}``), a column per direction, named after ``domains`` (A, B) when
+    given (``ablation.direction_label``)."""
+    if domains is not None:
+        from ucdir_lite.ablation import direction_label
+
+        labels = [direction_label(d, domains) for d in directions]
+    else:
+        labels = list(directions)
+    first = max(len(metric), *(len(name) for name in reports)) + 1
+    widths = [max(len(label), 6) + 2 for label in labels]
+    lines = [f"{metric:<{first}}" + "".join(f"{h:>{w}}" for h, w in zip(labels, widths,
+                                                                        strict=True))]
+    for name, report in reports.items():
+        cells = "".join(f"{report[d][metric]:>{w}.1f}" for d, w in zip(directions, widths,
+                                                                         strict=True))
+        lines.append(f"{name:<{first}}{cells}")
+    return "\n".join(lines)
+
+
 def _config(args: argparse.Namespace):
     from ucdir_lite.config import get_preset, parse_override
 

@@ -141,8 +141,7 @@ def check_sizes(cfg: TrainConfig, data: Sequence[DomainData]) -> None:
                 f"domain {domain.name!r} has {n} images, fewer than batch_size="
                 f"{cfg.batch_size}; lower batch_size to at most {n}"
             )
-        uses_clusters = cfg.epochs > cfg.warmup_epochs and (cfg.cw or cfg.se or cfg.dd)
-        if uses_clusters and cfg.num_clusters > n:
+        if cfg.trains_clusters() and cfg.num_clusters > n:
             raise ValueError(
                 f"num_clusters={cfg.num_clusters} exceeds the {n} images of domain "
                 f"{domain.name!r}; lower num_clusters (K) below the number of images"

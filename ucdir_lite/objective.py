@@ -95,10 +95,10 @@ def step_losses(
             parts = []
             for d in (0, 1):
                 labels = clusters.labels[d][index[d]]
-                keep = prototype_confidence(k[d], c[d], labels, tau=cfg.supcon_tau)
+                keep = prototype_confidence(k[d], c[d], labels, tau=cfg.tau_cw)
                 # the bank holds this batch's keys: each sample's own slot is a positive
                 parts.append(cluster_wise_supcon_loss(
-                    q[d], labels, banks[d], clusters.labels[d], tau=cfg.supcon_tau,
+                    q[d], labels, banks[d], clusters.labels[d], tau=cfg.tau_cw,
                     keep=keep > cfg.conf_threshold))
             terms["cw"] = mean(parts)
     if weights["se"] > 0:
@@ -106,14 +106,14 @@ def step_losses(
             terms["se"] = mean(self_entropy_loss(soft_assign(q[d], c[d], tau=cfg.tau))
                                for d in (0, 1))
         else:
-            terms["se"] = cross_domain_self_entropy_loss(q[0], q[1], c[0], c[1], tau=cfg.se_tau)
+            terms["se"] = cross_domain_self_entropy_loss(q[0], q[1], c[0], c[1], tau=cfg.tau_se)
     if weights["dd"] > 0:
         if cfg.dd_variant == "ot":
             batch_centroids = [soft_centroids(q[d], soft_assign(q[d], c[d], tau=cfg.tau))
                                for d in (0, 1)]
             terms["dd"] = distance_of_distance_loss(*batch_centroids, matching=clusters.matching)
         else:
-            terms["dd"] = mean(sample_distance_of_distance_loss(q[d], c[0], c[1], tau=cfg.dd_tau)
+            terms["dd"] = mean(sample_distance_of_distance_loss(q[d], c[0], c[1], tau=cfg.tau_dd)
                                for d in (0, 1))
     return terms
 

@@ -40,15 +40,6 @@ from ucdir_lite.utils import atomic_write_json
 # Config fields that do not change what is learned: left out of the cache key (a cached run
 # is re-evaluated, not retrained, when ``ks`` changes; see train(resume=True)).
 NON_KEY_FIELDS = ("ks", "device", "num_workers", "eval_batch_size", "log_every", "data_root")
-# Fields a run never reads are reset to TrainConfig's defaults (``canonical_config``) so that
-# they do not split the cache: a loss's settings when the loss is off, every cluster setting
-# when no cluster loss is on, all of them in a warm-up (which trains L_IW alone).
-_LOSS_FIELDS = {
-    "cw": ("cw_variant", "cw_weight", "cw_ramp_epochs", "supcon_tau", "conf_threshold"),
-    "se": ("se_variant", "se_weight", "se_start", "se_tau"),
-    "dd": ("dd_variant", "dd_weight", "dd_start", "ot_epsilon", "dd_tau"),
-}
-_CLUSTER_FIELDS = ("tau", "num_clusters", "kmeans_iters", "kmeans_restarts", "cluster_on")
 TRAINING_MODULES = ("train", "objective", "losses", "clustering", "transport", "model", "data",
                     "datasets", "augment", "checkpoint", "config", "utils")
 """Modules whose code decides what a run learns (``code_version``, part of the key)."""
@@ -59,22 +50,6 @@ EVAL_MODULES = ("evaluation", "metrics")
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     """``cache_dir`` (user folder expanded), or ``default_cache_dir()`` when None."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-
-def canonical_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the fields it never reads reset to TrainConfig's defaults: the settings of
-    a switched-off loss (e.g. ``se_weight`` when ``se=False``), the cluster settings when no
-    cluster loss is on, and in a warm-up-only run (``epochs <= warmup_epochs``) every
-    post-warm-up field. Two configs that train the same thing then share a cache key."""
-    defaults = TrainConfig()
-    warmup_only = cfg.epochs <= cfg.warmup_epochs
-    unused: list[str] = ["iw_weight", *_LOSS_FIELDS] if warmup_only else []
-    for switch, names in _LOSS_FIELDS.items():
-        if warmup_only or not getattr(cfg, switch):
-            unused += names
-    if warmup_only or not (cfg.cw or cfg.se or cfg.dd):
-        unused += _CLUSTER_FIELDS
-    return cfg.replace(**{name: getattr(defaults, name) for name in unused})
 
 
 def _code_digest(source: str) -> bytes:
@@ -197,9 +172,8 @@ def _parent_of(init_from: TrainResult | str | os.PathLike | None) -> tuple[Path 
 
 
 def _resolved(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` in canonical form with its thread count fixed (None: this process's count):
-    the count is part of the run's key, since the trained weights depend on it."""
-    cfg = canonical_config(cfg)
+    """``cfg`` with its thread count fixed (None: this process's count): the count is part
+    of the run's key, since the trained weights depend on it."""
     return cfg if cfg.threads is not None else cfg.replace(threads=torch.get_num_threads())
 
 
@@ -280,17 +254,16 @@ def train_cached(
 ) -> TrainResult:
     """``train(cfg)`` through the run cache: reuse, continue or train the run keyed by ``cfg``.
 
-    ``cfg`` is first put in canonical form (``canonical_config``). A finished run with the
-    same key is loaded, not trained (re-evaluated only when ``cfg.ks`` asks for other K); an
+    A finished run with the same key is loaded, not trained (re-evaluated only when
+    ``cfg.ks`` asks for other K, or when the evaluation code changed: ``eval_version``); an
     interrupted one continues where it stopped (``resume=True``); otherwise the run is
     trained, forked from ``init_from`` if given (a cached warm-up: a ``TrainResult``, its
     folder or its checkpoint). Runs live in ``cache_dir/<A>-<B>-s<seed>-e<epochs>-<key>``
-    (default: ``default_cache_dir()``). A finished run evaluated by other evaluation code
-    (``eval_version``) is re-evaluated from its checkpoint, not retrained.
+    (default: ``default_cache_dir()``).
     """
     return train_cached_summary(cfg, cache_dir, init_from, progress)[0]
 
 
-__all__ = ["EVAL_MODULES", "NON_KEY_FIELDS", "TRAINING_MODULES", "cached_run", "canonical_config",
-           "code_version", "data_checksum", "default_cache_dir", "eval_version", "run_key",
+__all__ = ["EVAL_MODULES", "NON_KEY_FIELDS", "TRAINING_MODULES", "cached_run", "code_version",
+           "data_checksum", "default_cache_dir", "eval_version", "run_key",
            "train_cached", "train_cached_summary"]

@@ -1,7 +1,7 @@
 """The UCDIR training loop: warm-up on L_IW, then the cluster losses (book chapter 6).
 
     for epoch in range(start, epochs):
-        re-seed from (seed, epoch); set the lr and the loss weights of the epoch
+        re-seed from (seed, epoch); set the lr and the loss weights (cfg.loss_weights)
         after warm-up: k-means on each domain -> prototypes, pseudo-labels (objective.py)
         for each batch of A and B (data.epoch_batches), two augmented views per image:
             train_step: q = f_theta(view 1), k = f_theta_k(view 2); write k into the banks;
@@ -291,7 +291,7 @@ def train_epoch(cfg: TrainConfig, state: TrainState, data: Sequence[DomainData],
     lr = learning_rate(cfg, epoch)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    weights = loss_weights(cfg, epoch)
+    weights = cfg.loss_weights(epoch)
     clusters = epoch_clusters(cfg, state, data, weights, device, workers)
     names: list[str] = []
     sums: torch.Tensor | None = None  # the terms summed over the steps, on the device: no sync
@@ -390,16 +390,6 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def loss_weights(cfg: TrainConfig, epoch: int) -> dict[str, float]:
-    """The weights of L_IW, L_CW, L_SE, L_DD in force at ``epoch``."""
-    return {
-        "iw": cfg.iw_weight_at(epoch),
-        "cw": cfg.cw_weight_at(epoch),
-        "se": cfg.se_weight_at(epoch),
-        "dd": cfg.dd_weight_at(epoch),
-    }
-
-
 # ------------------------------------------------------------------------------- helpers
 
 
@@ -478,7 +468,6 @@ __all__ = [
     "TrainingDiverged",
     "epoch_clusters",
     "learning_rate",
-    "loss_weights",
     "new_state",
     "shuffled_keys",
     "train",
