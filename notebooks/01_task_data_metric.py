@@ -99,7 +99,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}")
 # an image of another, so there are no hidden pairs. `glyphs.ensure_benchmark` writes the
 # images to `root/<domain>/<class>/<nnnn>.png`, the layout of the real data sets, in a few
 # seconds, and returns at once when they are already there (in `$UCDIR_DATA`, else
-# `~/.cache/ucdir_lite`). The trainer calls it through `ucdir_lite.train.data_root`, and so do
+# `~/.cache/ucdir_lite`). The trainer calls it through `ucdir_lite.data.data_root`, and so do
 # we, with the sizes of the preset `cfg`.
 
 # %%

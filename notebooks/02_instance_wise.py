@@ -227,7 +227,7 @@ display(plots.training_curves(iw.history, title="The IW row: L_IW per epoch"))
 # %% [markdown]
 # ## How well does it retrieve?
 #
-# The trainer ends every run with `ucdir_lite.train.evaluate`: the precision at $K$ (see
+# The trainer ends every run with `ucdir_lite.evaluation.evaluate`: the precision at $K$ (see
 # notebook 1) of $A$ querying $B$ ($A\to B$), of $B$ querying $A$, and, for reference, of each domain
 # querying itself (the query left out). An encoder with random weights gives the starting
 # point.

@@ -68,7 +68,7 @@ class TrainConfig:
     centre-crops ``image_size`` (the official code: 256 then 224, ratio 256/224)."""
     batch_augment: bool | None = None
     """Keep the decoded images as one uint8 tensor and augment whole batches on the device
-    (``train.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
+    (``augment.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
     images of one size. None: on for the generated benchmark, off for real data."""
 
     # --- model ---
