@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import limit_threads, machine_info, print_table
 
 from ucdir_lite.ablation import DEFAULT_PAIRS, pair_name, train_cached, warmup_config
+from ucdir_lite.augment import BatchAugment
 from ucdir_lite.config import get_preset
 from ucdir_lite.metrics import retrieval_report
-from ucdir_lite.train import BatchAugment, build_data, build_model, evaluate
+from ucdir_lite.train import build_data, build_model, evaluate
 from ucdir_lite.utils import derive_seed
 
 KS = (50,)

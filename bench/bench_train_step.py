@@ -33,15 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import limit_threads, machine_info, median_time, print_table
 
 from ucdir_lite.ablation import arm_config, run_ablation
+from ucdir_lite.augment import BatchAugment
 from ucdir_lite.config import get_preset
 from ucdir_lite.model import momentum_update, split_batch_norm
 from ucdir_lite.train import (
-    BatchAugment,
     build_data,
     build_model,
     cluster_features,
     extract_features,
-    loss_weights,
     shuffled_keys,
     step_losses,
     train,
@@ -98,7 +97,7 @@ def bench_steps(base, data, repeats: int) -> list[list]:
     steps = {}
     for name, cfg in variants.items():
         state = copy.deepcopy(template)  # same weights, banks and optimizer for every variant
-        weights = loss_weights(cfg, epoch)
+        weights = cfg.loss_weights(epoch)
         steps[name] = make_step(cfg, state, data, clusters if weights["cw"] else None, weights,
                                 augment, torch.Generator().manual_seed(0))
         steps[name]()  # warm-up call

@@ -3,7 +3,7 @@ ablation pairs, through the ablation runner and its run cache (warm-ups are shar
 
 - L_DD weight (sample-level, official scale): the arm "Full (official DoD)" with
   ``dd_weight`` in 0.1, 0.3, 0.5, 1, 2; weight 0 is the arm "CW+SE".
-- self-entropy temperature: the arm "CW+SE" with ``se_tau`` in 0.01, 0.05, 0.1.
+- self-entropy temperature: the arm "CW+SE" with ``tau_se`` in 0.01, 0.05, 0.1.
 
 Prints, per pair and setting, P@50 mean ± sd over seeds in both directions, and the paired
 per-seed difference against the sweep's reference (weight 0 / the preset's temperature) with
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     pairs = list(DEFAULT_PAIRS)
-    base_tau = get_preset("cpu").se_tau
+    base_tau = get_preset("cpu").tau_se
     taus = tuple(sorted(set(SE_TAUS) | {base_tau}))
     print(f"# sweeps on the cpu preset, seeds {args.seeds}; {machine_info(1)}\n")
     dd_rows = sweep("dd_weight", lambda w: ("CW+SE", {}) if w == 0 else
@@ -120,12 +120,12 @@ def main() -> None:
                     args.seeds, args.jobs)
     print_rows(dd_rows, "L_DD weight")
     print()
-    se_rows = sweep("se_tau", lambda t: ("CW+SE", {"se_tau": t}), taus, base_tau, pairs,
+    se_rows = sweep("tau_se", lambda t: ("CW+SE", {"tau_se": t}), taus, base_tau, pairs,
                     args.seeds, args.jobs)
     print_rows(se_rows, "SE temperature")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweeps.json").write_text(json.dumps({"dd_weight": dd_rows, "se_tau": se_rows},
+    (out / "sweeps.json").write_text(json.dumps({"dd_weight": dd_rows, "tau_se": se_rows},
                                                 indent=1))
     figure(dd_rows, se_rows, out / "sweeps.png")
     print(f"\nwrote {out / 'sweeps.json'} and {out / 'sweeps.png'}")

@@ -52,14 +52,14 @@ import torch
 from IPython.display import Code, Markdown, display
 
 from ucdir_lite import chapter, glyphs, metrics, plots
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.config import book_config, get_preset, smoke_mode
 from ucdir_lite.datasets import DomainDataset, common_classes, eval_transform
 from ucdir_lite.train import data_root
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
-cfg = get_preset("smoke" if smoke_mode() else "cpu")
+cfg = book_config()  # the cpu preset; smoke in smoke mode
 print(f"device: {device}; smoke mode: {smoke_mode()}")
 
 # %% [markdown]
@@ -99,7 +99,7 @@ print(f"device: {device}; smoke mode: {smoke_mode()}")
 # an image of another, so there are no hidden pairs. `glyphs.ensure_benchmark` writes the
 # images to `root/<domain>/<class>/<nnnn>.png`, the layout of the real data sets, in a few
 # seconds, and returns at once when they are already there (in `$UCDIR_DATA`, else
-# `~/.cache/ucdir_lite`). The trainer calls it through `ucdir_lite.train.data_root`, and so do
+# `~/.cache/ucdir_lite`). The trainer calls it through `ucdir_lite.data.data_root`, and so do
 # we, with the sizes of the preset `cfg`.
 
 # %%

@@ -52,15 +52,16 @@ import numpy as np
 import torch
 from IPython.display import Code, Markdown, display
 
-from ucdir_lite import chapter, datasets, losses, model, plots, train
-from ucdir_lite.ablation import WARMUP, train_arm
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite import chapter, cli, datasets, losses, model, plots, train
+from ucdir_lite.ablation import WARMUP, train_arms
+from ucdir_lite.augment import BatchAugment
+from ucdir_lite.config import book_config, smoke_mode
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
-cfg = get_preset("smoke" if smoke_mode() else "cpu")
+cfg = book_config()  # the cpu preset; smoke in smoke mode
 print(f"device: {device}; smoke mode: {smoke_mode()}")
 print(f"domains A -> B: {cfg.domains[0]} -> {cfg.domains[1]}; {cfg.num_classes} classes x "
       f"{cfg.images_per_class} images per domain; seed {cfg.seed}")
@@ -143,7 +144,7 @@ print(f"key encoder: batch norm in {cfg.key_bn_splits} group(s) of the shuffled 
 display(Code(inspect.getsource(train.shuffled_keys), language="python"))
 
 # %% [markdown]
-# One training step, inside `ucdir_lite.train`, does all of it, in the order of the official
+# One training step, `ucdir_lite.train.train_step`, does all of it, in the order of the official
 # code: the first views of a batch of each domain go through the query encoder and the second
 # views through the key encoder (`shuffled_keys`); the keys are written into the batch's bank
 # slots; then the loss terms of the epoch are computed against that bank and summed with their
@@ -152,12 +153,10 @@ display(Code(inspect.getsource(train.shuffled_keys), language="python"))
 # one pass of the key encoder over each domain.
 
 # %%
-source = inspect.getsource(train._train_epoch)
-display(Code(source[source.index("    for batch in"):source.index("    return {")],
-             language="python"))
+display(Code(inspect.getsource(train.train_step), language="python"))
 
 # %% [markdown]
-# The views come from `ucdir_lite.train.BatchAugment`, MoCo v2's augmentations applied to a
+# The views come from `ucdir_lite.augment.BatchAugment`, MoCo v2's augmentations applied to a
 # whole batch at once. The two views of an image must be recognised as the same image, so
 # whatever the augmentations change (colour, scale, position) is what the features learn to
 # ignore:
@@ -174,7 +173,7 @@ def raw_images(domain):
 
 
 images = {domain: raw_images(domain) for domain in cfg.domains}
-augment = train.BatchAugment(cfg.image_size)
+augment = BatchAugment(cfg.image_size)
 g = torch.Generator().manual_seed(0)
 mean = torch.tensor(datasets.MEAN)[:, None, None]
 std = torch.tensor(datasets.STD)[:, None, None]
@@ -214,7 +213,7 @@ print(f"warm-up: {cfg.warmup_epochs} epochs of L_IW; the IW row: "
 print(f"encoder: {cfg.arch} (width {cfg.width}), {cfg.feat_dim}-d features; "
       f"batch {cfg.batch_size} per domain;\n{cfg.optimizer} lr {cfg.lr}; "
       f"tau_iw {cfg.tau_iw}; m {cfg.m}")
-runs = {name: train_arm(cfg, name, progress=False) for name in (WARMUP, "IW")}
+runs = train_arms(cfg, (WARMUP, "IW"))
 
 # %% [markdown]
 # The history of a row includes the warm-up it forked (shaded). Left: $\mathcal{L}_{IW}$, the
@@ -228,7 +227,7 @@ display(plots.training_curves(iw.history, title="The IW row: L_IW per epoch"))
 # %% [markdown]
 # ## How well does it retrieve?
 #
-# The trainer ends every run with `ucdir_lite.train.evaluate`: the precision at $K$ (see
+# The trainer ends every run with `ucdir_lite.evaluation.evaluate`: the precision at $K$ (see
 # notebook 1) of $A$ querying $B$ ($A\to B$), of $B$ querying $A$, and, for reference, of each domain
 # querying itself (the query left out). An encoder with random weights gives the starting
 # point.
@@ -244,10 +243,7 @@ reports = {
 k = cfg.ks[0]
 a, b = cfg.domains
 print(f"P@{k} (chance: {100 / cfg.num_classes:.1f})")
-print(f"{'':>10} {a + '->' + b:>16} {b + '->' + a:>16} {a + '->' + a:>16} {b + '->' + b:>16}")
-for name, report in reports.items():
-    cells = [report[d][f"P@{k}"] for d in ("A->B", "B->A", "A->A", "B->B")]
-    print(f"{name:>10} " + " ".join(f"{v:16.1f}" for v in cells))
+print(cli.format_comparison(reports, f"P@{k}", cfg.domains))
 for d in ("A->B", "B->A"):
     lift = reports["IW"][d][f"P@{k}"] - reports["untrained"][d][f"P@{k}"]
     print(f"IW minus untrained, {d}: {lift:+.1f} points of P@{k}")

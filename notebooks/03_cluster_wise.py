@@ -53,16 +53,16 @@ import time
 import torch
 from IPython.display import Code, Markdown, display
 
-from ucdir_lite import chapter, clustering, datasets, losses, plots, train
-from ucdir_lite.ablation import ARMS, WARMUP, arm_config, train_arm
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite import chapter, cli, clustering, datasets, losses, plots, train
+from ucdir_lite.ablation import ARMS, WARMUP, arm_config, train_arm, train_arms
+from ucdir_lite.config import book_config, get_preset, smoke_mode
 from ucdir_lite.diagnostics import purity
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
-cfg = get_preset("smoke" if smoke_mode() else "cpu")
+cfg = book_config()  # the cpu preset; smoke in smoke mode
 a, b = cfg.domains
 print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}")
 
@@ -105,14 +105,12 @@ print(f"fresh features: {a} {tuple(features[0].shape)}, {b} {tuple(features[1].s
 # and the k-means label of an image is its **pseudo-label** for the epoch. The cheaper
 # alternative, `cluster_on="bank"`, clusters the memory bank instead: no extra pass over the
 # data, but the bank holds keys of *augmented* views, written during the previous epoch by
-# key encoders of different ages. This is the part of the trainer's epoch that picks the
+# key encoders of different ages. This is the trainer's function that picks the epoch's
 # points, and the function that clusters them (k-means seeded from the run's seed, the epoch
 # and the domain):
 
 # %%
-source = inspect.getsource(train._train_epoch)
-display(Code(source[source.index("    clusters = None"):source.index("    sums:")],
-             language="python"))
+display(Code(inspect.getsource(train.epoch_clusters), language="python"))
 display(Code(inspect.getsource(train.cluster_features), language="python"))
 
 # %% [markdown]
@@ -237,7 +235,7 @@ display(Code(inspect.getsource(losses.cluster_wise_loss), language="python"))
 # - the denominator runs over every slot of the bank, so every image of another cluster is a
 #   negative;
 # - $\ell_i$ is the mean over the positives of $-\log$ their softmax probability, and the
-#   loss the mean of $\ell_i$ over the kept samples, at temperature `supcon_tau`.
+#   loss the mean of $\ell_i$ over the kept samples, at temperature `tau_cw`.
 #
 # $$\ell_i = -\frac{1}{|P(i)|}\sum_{p\in P(i)}\log
 # \frac{\exp(q_i\cdot \mathrm{bank}_p/\tau)}{\sum_{n}\exp(q_i\cdot \mathrm{bank}_n/\tau)}$$
@@ -247,7 +245,7 @@ display(Code(inspect.getsource(losses.cluster_wise_supcon_loss), language="pytho
 
 # %% [markdown]
 # A sample is **kept** only if its key $k_i$ gives its own prototype a softmax probability
-# (temperature `supcon_tau`) above `conf_threshold`, strictly, as in the official code:
+# (temperature `tau_cw`) above `conf_threshold`, strictly, as in the official code:
 # pseudo-labels that the sample itself is unsure of do not pull it into a group.
 
 # %%
@@ -262,7 +260,7 @@ CW_FORMS = {"prototype": losses.cluster_wise_loss, "supcon": losses.cluster_wise
 for row in ARMS:
     row_cfg = arm_config(cfg, row)
     form = (f"cw_variant={row_cfg.cw_variant!r} -> losses."
-            f"{CW_FORMS[row_cfg.cw_variant].__name__}" if row_cfg.cw else "off")
+            f"{CW_FORMS[row_cfg.cw_variant].__name__}" if row_cfg.cw_weight > 0 else "off")
     print(f"{row:>20}: L_CW {form}")
 
 # %% [markdown]
@@ -272,10 +270,10 @@ for row in ARMS:
 # their cluster's class more often than the rest:
 
 # %%
-print(f"supcon_tau = {cw_cfg.supcon_tau}, conf_threshold = {cw_cfg.conf_threshold}")
+print(f"tau_cw = {cw_cfg.tau_cw}, conf_threshold = {cw_cfg.conf_threshold}")
 for d, name in enumerate(cfg.domains):
     conf = losses.prototype_confidence(features[d], clusters.centroids[d], clusters.labels[d],
-                                       tau=cw_cfg.supcon_tau)
+                                       tau=cw_cfg.tau_cw)
     kept = conf > cw_cfg.conf_threshold
     sizes = torch.bincount(clusters.labels[d], minlength=cw_cfg.num_clusters).float()
     text = f"{name}: kept {100 * kept.float().mean():.1f} % of the images"
@@ -309,11 +307,11 @@ print(f"overrides of the CW row: {chapter.format_overrides(ARMS['CW'])}")
 print(f"L_CW form: cw_variant={cw_cfg.cw_variant!r} "
       f"(losses.{CW_FORMS[cw_cfg.cw_variant].__name__})")
 print(f"  w_CW = {cw_cfg.cw_weight:g}, {ramp}; w_IW after the warm-up = {cw_cfg.iw_weight:g}")
-print(f"  tau = {cw_cfg.tau}, supcon_tau = {cw_cfg.supcon_tau}, "
+print(f"  tau = {cw_cfg.tau}, tau_cw = {cw_cfg.tau_cw}, "
       f"conf_threshold = {cw_cfg.conf_threshold}")
 print(f"  K = {cw_cfg.num_clusters}, cluster_on = {cw_cfg.cluster_on!r}, "
       f"epochs {cw_cfg.warmup_epochs}..{cw_cfg.epochs - 1}")
-runs = {name: train_arm(cfg, name, progress=False) for name in ("IW", "CW")}
+runs = train_arms(cfg, ("IW", "CW"))
 
 # %%
 display(plots.training_curves(runs["CW"].history, title="The CW row: loss terms per epoch"))
@@ -348,9 +346,7 @@ display(plots.cluster_montage(
 k = cfg.ks[0]
 directions = ("A->B", "B->A", "A->A", "B->B")
 reports = {"warm-up": warm.metrics, "IW": runs["IW"].metrics, "CW": runs["CW"].metrics}
-for name, report in reports.items():
-    print(f"{name:>8}: " + "  ".join(f"{d} P@{k} = {report[d][f'P@{k}']:5.1f}"
-                                     for d in directions))
+print(cli.format_comparison(reports, f"P@{k}", cfg.domains, directions))
 print("CW minus IW: " + "  ".join(
     f"{d} {reports['CW'][d][f'P@{k}'] - reports['IW'][d][f'P@{k}']:+.1f}" for d in directions))
 display(plots.precision_bars(reports, f"P@{k}", directions=directions,
@@ -424,7 +420,7 @@ display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.v
 real_cw = arm_config(get_preset("domainnet"), "CW")
 print(f"domainnet CW row: cw_variant={real_cw.cw_variant}, cw_weight={real_cw.cw_weight:g}, "
       f"ramped up over {real_cw.cw_ramp_epochs} epochs\n  after a {real_cw.warmup_epochs}-epoch "
-      f"warm-up; K={real_cw.num_clusters}, supcon_tau={real_cw.supcon_tau}, "
+      f"warm-up; K={real_cw.num_clusters}, tau_cw={real_cw.tau_cw}, "
       f"conf_threshold={real_cw.conf_threshold}, cluster_on={real_cw.cluster_on}")
 
 # %% [markdown]

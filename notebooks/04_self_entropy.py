@@ -22,7 +22,7 @@
 #   assignment, and write the paper's self-entropy loss $\mathcal{L}_{SE}$ (the tutorial
 #   form, `ucdir_lite.losses.self_entropy_loss`);
 # - read the form the `cpu` preset trains, the official code's cross-domain
-#   `cross_domain_self_entropy_loss` at temperature `se_tau`, and say what it adds;
+#   `cross_domain_self_entropy_loss` at temperature `tau_se`, and say what it adds;
 # - train the `CW+SE` row of the ablation and compare the entropy of the assignments and the
 #   precision at $K$ with the `CW` row of notebook 3.
 #
@@ -50,15 +50,15 @@ import time
 import torch
 from IPython.display import Code, Markdown, display
 
-from ucdir_lite import chapter, clustering, datasets, losses, plots, train
-from ucdir_lite.ablation import ARMS, arm_config, train_arm
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite import chapter, cli, clustering, datasets, losses, plots, train
+from ucdir_lite.ablation import ARMS, arm_config, train_arms
+from ucdir_lite.config import book_config, get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
-cfg = get_preset("smoke" if smoke_mode() else "cpu")
+cfg = book_config()  # the cpu preset; smoke in smoke mode
 a, b = cfg.domains
 print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}")
 
@@ -98,7 +98,7 @@ print(f"K = {K}: one-hot rows -> L_SE = {losses.self_entropy_loss(one_hot) + 0.0
 #
 # The official code, and the `cpu` preset with it (`se_variant="cross_domain"`), computes the
 # entropy of each domain's features against the prototypes of *both* domains, with a low
-# temperature $\tau$ = `se_tau`, and averages the four terms (see {doc}`/book/differences`):
+# temperature $\tau$ = `tau_se`, and averages the four terms (see {doc}`/book/differences`):
 #
 # $$\mathcal{L}_{SE}^{\text{official}} = \frac14\sum_{x\in\{A,B\}}\sum_{y\in\{A,B\}}
 # \mathcal{L}_{SE}\Big(\mathrm{softmax}_j\big(\mathrm{sim}(z^x_i, c^y_j)/\tau\big)\Big)$$
@@ -123,13 +123,13 @@ SE_FORMS = {"in_domain": losses.self_entropy_loss,
 
 def se_temperature(row_cfg):
     """The temperature of the L_SE form a config trains (as train.step_losses reads it)."""
-    return row_cfg.se_tau if row_cfg.se_variant == "cross_domain" else row_cfg.tau
+    return row_cfg.tau_se if row_cfg.se_variant == "cross_domain" else row_cfg.tau
 
 
 for row in ARMS:
     row_cfg = arm_config(cfg, row)
     form = (f"{SE_FORMS[row_cfg.se_variant].__name__}, tau = {se_temperature(row_cfg)}"
-            if row_cfg.se else "off")
+            if row_cfg.se_weight > 0 else "off")
     print(f"{row:>20}: L_SE {form}")
 se_cfg = arm_config(cfg, "CW+SE")
 print(f"overrides of the CW+SE row: {chapter.format_overrides(ARMS['CW+SE'])}")
@@ -144,7 +144,7 @@ print(f"L_SE form: se_variant={se_cfg.se_variant!r}; lambda_SE = {se_cfg.se_weig
 # `CW` row's loss. The `CW` row (notebook 3) comes from the cache, or is trained now.
 
 # %%
-runs = {name: train_arm(cfg, name, progress=False) for name in ("IW", "CW", "CW+SE")}
+runs = train_arms(cfg, ("IW", "CW", "CW+SE"))
 
 # %%
 display(plots.training_curves(runs["CW+SE"].history, title="The CW+SE row: loss terms per epoch"))
@@ -192,9 +192,7 @@ for side, prototypes in (("own", b), ("other", a)):
 # %%
 k = cfg.ks[0]
 reports = {name: run.metrics for name, run in runs.items()}
-for name, report in reports.items():
-    print(f"{name:>6}: " + "  ".join(f"{d} P@{k} = {report[d][f'P@{k}']:5.1f}"
-                                     for d in ("A->B", "B->A", "A->A", "B->B")))
+print(cli.format_comparison(reports, f"P@{k}", cfg.domains))
 print("CW+SE minus CW: " + "  ".join(
     f"{d} {reports['CW+SE'][d][f'P@{k}'] - reports['CW'][d][f'P@{k}']:+.1f}"
     for d in ("A->B", "B->A", "A->A", "B->B")))
@@ -249,7 +247,7 @@ display(Markdown(chapter.numbered([
 #    page's row: which form aligns the domains?
 # 2. Raise the weight, `get_preset("cpu", se_weight=2.0)`, and watch the loss curves and the
 #    cluster sizes: what happens when every image commits to a few large clusters?
-# 3. Change the temperature `se_tau` (0.01, 0.2) and explain from the formula why the entropy
+# 3. Change the temperature `tau_se` (0.01, 0.2) and explain from the formula why the entropy
 #    of the assignments, before any training, changes with it.
 
 # %% tags=["remove-input"]
@@ -266,7 +264,7 @@ display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.v
 for name in ("domainnet", "office-home"):
     row = arm_config(get_preset(name), "CW+SE")
     print(f"{name} CW+SE row: se_variant={row.se_variant}, se_weight={row.se_weight:g}, "
-          f"se_tau={row.se_tau}, from epoch {row.se_start} of {row.epochs}")
+          f"tau_se={row.tau_se}, from epoch {row.se_start} of {row.epochs}")
 
 # %% [markdown]
 # This page does not run the training (it needs the prepared data, notebook 1, the MoCo v2

@@ -52,16 +52,16 @@ import ot
 import torch
 from IPython.display import Code, Markdown, display
 
-from ucdir_lite import chapter, clustering, losses, plots, train, transport
-from ucdir_lite.ablation import ARMS, arm_config, train_arm
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite import chapter, cli, clustering, losses, plots, train, transport
+from ucdir_lite.ablation import ARMS, arm_config, train_arm, train_arms
+from ucdir_lite.config import book_config, get_preset, smoke_mode
 from ucdir_lite.datasets import load_image
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of the ablation (notebook 6): the pair clipart -> sketch, seed 0.
-cfg = get_preset("smoke" if smoke_mode() else "cpu")
+cfg = book_config()  # the cpu preset; smoke in smoke mode
 a, b = cfg.domains
 K = cfg.num_clusters
 print(f"device: {device}; smoke mode: {smoke_mode()}; domains A -> B: {a} -> {b}; K = {K}")
@@ -260,7 +260,7 @@ for name, cb in (("as clustered", centroids_b), ("renumbered", centroids_b[shuff
 #
 # The official code avoids the matching: it compares *samples*. A batch of features is
 # soft-assigned to the prototypes of $A$ and, separately, to those of $B$ (temperature
-# `dd_tau`); in each prototype space the samples' pairwise cosine distances form a $B\times B$
+# `tau_dd`); in each prototype space the samples' pairwise cosine distances form a $B\times B$
 # matrix, indexed by samples, so both matrices can be compared entry by entry. As in the
 # official code, the squared differences are **summed over $j$ and averaged over $i$**:
 #
@@ -277,7 +277,7 @@ display(Code(inspect.getsource(losses.sample_distance_of_distance_loss), languag
 for name in ("office-home", "domainnet"):
     row = arm_config(get_preset(name), "Full (official DoD)")
     print(f"{name} preset: dd_variant={row.dd_variant!r}, lambda_DD = {row.dd_weight}, "
-          f"dd_tau = {row.dd_tau}, batch {row.batch_size} per domain")
+          f"tau_dd = {row.tau_dd}, batch {row.batch_size} per domain")
 
 # %% [markdown]
 # How do the scales of the two forms compare? Both on one batch of `batch_size` images per
@@ -292,7 +292,7 @@ batch_centroids = [clustering.soft_centroids(z[d], clustering.soft_assign(
     z[d], clusters.centroids[d], tau=full_cfg.tau)) for d in (0, 1)]
 ot_form = losses.distance_of_distance_loss(*batch_centroids, matching=clusters.matching)
 sample_form = sum(losses.sample_distance_of_distance_loss(
-    z[d], *clusters.centroids, tau=full_cfg.dd_tau) for d in (0, 1)) / 2
+    z[d], *clusters.centroids, tau=full_cfg.tau_dd) for d in (0, 1)) / 2
 print(f"B = {cfg.batch_size}: OT-matched batch centroids {ot_form:.4f}; sample level "
       f"{sample_form:.4f} (its mean over all B^2 pairs: {sample_form / cfg.batch_size:.4f})")
 
@@ -314,14 +314,13 @@ DD_FORMS = {"ot": losses.distance_of_distance_loss,
 for name in ("Full", "Full (official DoD)"):
     row = arm_config(cfg, name)
     settings = (f"ot_epsilon = {row.ot_epsilon}, tau = {row.tau}" if row.dd_variant == "ot"
-                else f"dd_tau = {row.dd_tau}")
+                else f"tau_dd = {row.tau_dd}")
     print(f"{name}: overrides {chapter.format_overrides(ARMS[name])}")
     print(f"    L_DD: dd_variant={row.dd_variant!r} -> losses."
           f"{DD_FORMS[row.dd_variant].__name__};\n    lambda_DD = {row.dd_weight:g} from epoch "
           f"{row.dd_start if row.dd_start is not None else row.warmup_epochs}; {settings}")
     print(f"    L_CW: cw_variant={row.cw_variant!r}; L_SE: se_variant={row.se_variant!r}")
-runs = {name: train_arm(cfg, name, progress=False)
-        for name in ("IW", "CW", "CW+SE", "Full", "Full (official DoD)")}
+runs = train_arms(cfg, ("IW", "CW", "CW+SE", "Full", "Full (official DoD)"))
 
 # %%
 display(plots.training_curves(runs["Full"].history, title="The Full row: loss terms per epoch"))
@@ -335,9 +334,7 @@ display(plots.training_curves(runs["Full"].history, title="The Full row: loss te
 # %%
 k = cfg.ks[0]
 reports = {name: run.metrics for name, run in runs.items()}
-for name, report in reports.items():
-    print(f"{name:>20}: " + "  ".join(f"{d} P@{k} = {report[d][f'P@{k}']:5.1f}"
-                                       for d in ("A->B", "B->A")))
+print(cli.format_comparison(reports, f"P@{k}", cfg.domains, ("A->B", "B->A")))
 for name in ("Full", "Full (official DoD)"):
     change = [reports[name][d][f"P@{k}"] - reports["CW+SE"][d][f"P@{k}"] for d in ("A->B", "B->A")]
     print(f"{name} minus CW+SE: A->B {change[0]:+.1f}, B->A {change[1]:+.1f} points of P@{k}")
@@ -417,7 +414,7 @@ display(Markdown(chapter.runtime_note(page_start, [run.out_dir for run in runs.v
 # %%
 real_full = arm_config(get_preset("domainnet"), "Full (official DoD)")
 print(f"domainnet Full (official DoD) row: dd_variant={real_full.dd_variant}, "
-      f"dd_weight={real_full.dd_weight:g}, dd_tau={real_full.dd_tau}, "
+      f"dd_weight={real_full.dd_weight:g}, tau_dd={real_full.tau_dd}, "
       f"from epoch {real_full.dd_start} of {real_full.epochs}")
 
 # %% [markdown]

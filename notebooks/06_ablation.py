@@ -56,13 +56,13 @@ from matplotlib.figure import Figure
 
 from ucdir_lite import ablation, chapter
 from ucdir_lite.ablation import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, arm_config, run_ablation
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.config import book_preset, get_preset, smoke_mode
 from ucdir_lite.utils import resolve_device
 
 page_start = time.perf_counter()
 device = resolve_device()  # cuda when present, else cpu
 # The preset of notebooks 2-5: their runs (clipart -> sketch, seed 0) are rows of this table.
-preset = "smoke" if smoke_mode() else "cpu"
+preset = book_preset()  # cpu; smoke in smoke mode
 cfg = get_preset(preset)
 print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 
@@ -99,18 +99,18 @@ print(f"device: {device}; smoke mode: {smoke_mode()}; preset: {preset!r}")
 # with several seeds.
 #
 # Each row is a handful of `TrainConfig` overrides on the preset (`ablation.ARMS`), never a
-# copy of the training code. Here are the loss terms each row trains after the warm-up, read
+# copy of the training code; a row leaves a loss term out by setting its weight to 0. Here are the loss terms each row trains after the warm-up, read
 # off its config:
 
 # %% tags=["hide-input"]
 def loss_terms(row):
     """The loss terms a row's config trains after the warm-up, with their weights."""
     terms = [f"{row.iw_weight:g} L_IW"] if row.iw_weight > 0 else []
-    if row.cw:
+    if row.cw_weight > 0:
         terms.append(f"{row.cw_weight:g} L_CW ({row.cw_variant})")
-    if row.se:
+    if row.se_weight > 0:
         terms.append(f"{row.se_weight:g} L_SE ({row.se_variant})")
-    if row.dd:
+    if row.dd_weight > 0:
         terms.append(f"{row.dd_weight:g} L_DD ({row.dd_variant})")
     return " + ".join(terms)
 
@@ -244,7 +244,7 @@ display(ablation.plot_ablation(results, k=ks[0]))
 
 # %% tags=["hide-input"]
 display(Markdown(f"> {ablation.RULE[0].upper()}{ablation.RULE[1:]}."))
-DIRECTIONS = ("A->B", "B->A", "A->A", "B->B")
+DIRECTIONS = ablation.DIRECTIONS  # A->B, B->A across domains, then A->A, B->B within
 CROSS, IN_DOMAIN = DIRECTIONS[:2], DIRECTIONS[2:]
 CHAIN = ("IW", "CW", "CW+SE", "Full")  # the paper's rows, in the claimed order
 CHAIN_STEPS = tuple(zip(CHAIN[:-1], CHAIN[1:], strict=True))  # (IW, CW), (CW, CW+SE), ...
@@ -252,42 +252,20 @@ STEPS = (*CHAIN_STEPS, ("CW+SE", "Full (official DoD)"))
 metric = f"P@{ks[0]}"
 
 
-def direction_name(pair, direction):
-    """'A->B' of the pair 'clipart->sketch' -> 'clipart→sketch'."""
-    a, b = pair.split("->")
-    names = {"A": a, "B": b}
-    return f"{names[direction[0]]}→{names[direction[-1]]}"
-
-
-def per_seed(pair, arm, direction):
-    """{seed: value}: one cell of the table before the mean over the seeds."""
-    return {r["seed"]: r["metrics"][direction][metric] for r in results["rows"]
-            if r["pair"] == pair and r["arm"] == arm}
 
 
 def step(pair, lower, upper, direction):
-    """The change from row `lower` to row `upper`, seed by seed:
-    (mean, sd, seeds up, seeds down, seeds, verdict by the rule)."""
-    low, up = per_seed(pair, lower, direction), per_seed(pair, upper, direction)
-    diffs = [up[seed] - low[seed] for seed in sorted(low)]
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-    return (statistics.fmean(diffs), sd, sum(d > 0 for d in diffs), sum(d < 0 for d in diffs),
-            len(diffs), ablation.paired_verdict(diffs))
-
-
-def step_cell(mean, sd, n_up, n_down, n, verdict):
-    """'+1.2 ± 0.4 (3/3 ↑, gain)': mean ± sd of a step, seeds up, and the verdict."""
-    spread = "" if math.isnan(sd) else f" ± {sd:.1f}"
-    return f"{mean:+.1f}{spread} ({n_up}/{n} ↑, {verdict})"
+    """The change of the metric from row `lower` to row `upper`, paired by seed."""
+    return ablation.paired_step(results, pair, lower, upper, direction, k=ks[0])
 
 
 for pair in results["pairs"]:
-    header = " | ".join(direction_name(pair, d) for d in DIRECTIONS)
+    header = " | ".join(ablation.direction_label(d, pair) for d in DIRECTIONS)
     lines = [f"**{pair}**: change of {metric} in points, mean ± sd over the seeds "
              "(seeds in which it is positive / seeds)", "",
              f"| step | {header} |", "|---|" + "---:|" * len(DIRECTIONS)]
     for lower, upper in STEPS:
-        cells = " | ".join(step_cell(*step(pair, lower, upper, d)) for d in DIRECTIONS)
+        cells = " | ".join(step(pair, lower, upper, d).cell() for d in DIRECTIONS)
         lines.append(f"| {upper} − {lower} | {cells} |")
     display(Markdown("\n".join(lines)))
 
@@ -303,10 +281,10 @@ def plot_steps(results):
         for j, direction in enumerate(DIRECTIONS):
             gains = [step(pair, lower, upper, direction) for lower, upper in STEPS]
             x = [i + (j - (len(DIRECTIONS) - 1) / 2) * width for i in range(len(STEPS))]
-            sd = [0.0 if math.isnan(g[1]) else g[1] for g in gains]
+            sd = [0.0 if math.isnan(g.sd) else g.sd for g in gains]
             hatch = "" if direction in CROSS else "//"  # in-domain bars hatched
-            ax.bar(x, [g[0] for g in gains], width, yerr=sd, capsize=2, hatch=hatch,
-                   label=direction_name(pair, direction))
+            ax.bar(x, [g.mean for g in gains], width, yerr=sd, capsize=2, hatch=hatch,
+                   label=ablation.direction_label(direction, pair))
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_xticks(range(len(STEPS)), [f"{u}\n− {lo}" for lo, u in STEPS], fontsize=9)
         ax.set_title(pair, fontsize=10)
@@ -330,8 +308,8 @@ display(plot_steps(results))
 def ordering(pair, direction):
     """(holds: every step a gain, the steps that are not, every step) for one column."""
     gains = {(lo, up): step(pair, lo, up, direction) for lo, up in CHAIN_STEPS}
-    broken = [f"{up} − {lo} = {g[0]:+.1f} ({g[5]}; up in {g[2]} of {g[4]} seeds)"
-              for (lo, up), g in gains.items() if g[5] != "gain"]
+    broken = [f"{up} − {lo} = {g.mean:+.1f} ({g.verdict}; up in {g.up} of {g.n} seeds)"
+              for (lo, up), g in gains.items() if g.verdict != "gain"]
     return not broken, broken, gains
 
 
@@ -342,9 +320,9 @@ for pair in results["pairs"]:
         kind = "cross" if direction in CROSS else "in"
         counts[kind][0] += holds
         counts[kind][1] += 1
-        steps = ", ".join(f"{g[0]:+.1f}" for g in gains.values())
+        steps = ", ".join(f"{g.mean:+.1f}" for g in gains.values())
         where = "cross-domain" if kind == "cross" else "in-domain"
-        name = f"{direction_name(pair, direction)} ({where})"
+        name = f"{ablation.direction_label(direction, pair)} ({where})"
         if holds:
             reading.append(f"- {name}: holds, every step a gain ({steps}).")
         else:
@@ -363,21 +341,22 @@ display(Markdown(summary + "\n\n" + "\n".join(reading)))
 # %% tags=["hide-input"]
 def mean_over(pair, arm, directions):
     """The mean over seeds and over `directions` of one row's figure."""
-    return statistics.fmean(v for d in directions for v in per_seed(pair, arm, d).values())
+    return statistics.fmean(v for d in directions
+                            for v in ablation.per_seed(results, pair, arm, d, ks[0]).values())
 
 
 def gap_per_seed(pair, arm):
     """{seed: in-domain minus cross-domain figure}, each the mean over its two directions."""
-    inside = [per_seed(pair, arm, d) for d in IN_DOMAIN]
-    across = [per_seed(pair, arm, d) for d in CROSS]
+    inside = [ablation.per_seed(results, pair, arm, d, ks[0]) for d in IN_DOMAIN]
+    across = [ablation.per_seed(results, pair, arm, d, ks[0]) for d in CROSS]
     return {s: statistics.fmean(x[s] for x in inside) - statistics.fmean(x[s] for x in across)
             for s in inside[0]}
 
 
 reading, gap_verdicts = [], {}
 for pair in results["pairs"]:
-    cross_gain = statistics.fmean(step(pair, "IW", "Full", d)[0] for d in CROSS)
-    in_gain = statistics.fmean(step(pair, "IW", "Full", d)[0] for d in IN_DOMAIN)
+    cross_gain = statistics.fmean(step(pair, "IW", "Full", d).mean for d in CROSS)
+    in_gain = statistics.fmean(step(pair, "IW", "Full", d).mean for d in IN_DOMAIN)
     gap_iw, gap_full = gap_per_seed(pair, "IW"), gap_per_seed(pair, "Full")
     gap_diffs = [gap_full[s] - gap_iw[s] for s in sorted(gap_iw)]
     verdict = ablation.paired_verdict([-d for d in gap_diffs])  # a gain = the gap narrows
@@ -393,7 +372,8 @@ for pair in results["pairs"]:
     forms = {d: step(pair, "Full", "Full (official DoD)", d) for d in CROSS}
     reading.append(
         f"- **{pair}**: Full (official DoD) − Full (OT-matched) = "
-        + ", ".join(f"{direction_name(pair, d)} {g[0]:+.1f} ({g[5]})" for d, g in forms.items())
+        + ", ".join(f"{ablation.direction_label(d, pair)} {g.mean:+.1f} ({g.verdict})"
+                    for d, g in forms.items())
         + ".")
 display(Markdown("\n".join(reading)))
 
@@ -448,7 +428,7 @@ display(Markdown("\n".join(reading)))
 # %% tags=["remove-input"]
 def verdict_counts(lower, upper, directions):
     """{verdict: number of (pair, direction) columns} for one step."""
-    found = [step(pair, lower, upper, d)[5] for pair in results["pairs"] for d in directions]
+    found = [step(pair, lower, upper, d).verdict for pair in results["pairs"] for d in directions]
     return {v: found.count(v) for v in ("gain", "no measurable effect", "loss") if v in found}
 
 

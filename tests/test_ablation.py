@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ucdir_lite.ablation as ab
+import ucdir_lite.runcache as runcache
 import ucdir_lite.train as train_mod
 from ucdir_lite.cli import main
 from ucdir_lite.config import get_preset
@@ -43,7 +44,7 @@ class CountingTrain:
     def __init__(self, monkeypatch):
         self.calls = 0
         self.epochs = 0
-        real_epoch = train_mod._train_epoch
+        real_epoch = train_mod.train_epoch
 
         def counted_epoch(*args, **kwargs):
             self.epochs += 1
@@ -53,8 +54,8 @@ class CountingTrain:
             self.calls += 1
             return train_mod.train(*args, **kwargs)
 
-        monkeypatch.setattr(train_mod, "_train_epoch", counted_epoch)
-        monkeypatch.setattr(ab, "train", counted_train)
+        monkeypatch.setattr(train_mod, "train_epoch", counted_epoch)
+        monkeypatch.setattr(runcache, "train", counted_train)
 
 
 # ------------------------------------------------------------------------------- configs
@@ -63,26 +64,15 @@ class CountingTrain:
 def test_arms_are_cumulative_overrides_of_the_preset():
     base = get_preset("cpu")
     cfgs = {arm: ab.arm_config(base, arm) for arm in ab.ARMS}
-    assert [(c.cw, c.se, c.dd) for c in cfgs.values()] == [
-        (False, False, False), (True, False, False), (True, True, False), (True, True, True),
-        (True, True, True)]
+    on = [tuple(w > 0 for w in (c.cw_weight, c.se_weight, c.dd_weight)) for c in cfgs.values()]
+    assert on == [(False, False, False), (True, False, False), (True, True, False),
+                  (True, True, True), (True, True, True)]
     assert cfgs["Full"].dd_variant == "ot" and cfgs["Full (official DoD)"].dd_variant == "sample"
     for cfg in cfgs.values():  # same budget, data and everything else
         assert (cfg.epochs, cfg.warmup_epochs, cfg.domains, cfg.seed, cfg.lr) == (
             base.epochs, base.warmup_epochs, base.domains, base.seed, base.lr)
     with pytest.raises(ValueError, match="unknown arm"):
         ab.arm_config(base, "DoD")
-
-
-def test_canonical_config_resets_only_unread_fields():
-    base = get_preset("cpu")
-    iw = ab.canonical_config(base.replace(cw=False, se=False, dd=False, se_weight=0.3, tau=0.5))
-    assert (iw.se_weight, iw.tau, iw.num_clusters) == (0.01, 0.1, 30)
-    assert iw.iw_weight == base.iw_weight and iw.lr == base.lr
-    cw = ab.canonical_config(base.replace(se=False, dd=False, tau=0.5, dd_weight=3.0))
-    assert (cw.tau, cw.dd_weight, cw.cw_weight) == (0.5, 0.1, base.cw_weight)
-    full = ab.canonical_config(base)
-    assert full == base
 
 
 def test_warmup_config_is_shared_by_every_arm():
@@ -93,13 +83,17 @@ def test_warmup_config_is_shared_by_every_arm():
     w = ab.warmup_config(base.replace(se_weight=0.3, num_clusters=12))
     assert w.epochs == base.warmup_epochs and w.to_dict() == ab.warmup_config(base).to_dict()
     assert ab.warmup_config(base.replace(lr=2e-3)).lr == 2e-3  # warm-up fields are kept
+    assert ab.warmup_config(base).loss_weights(base.warmup_epochs - 1) == {
+        "iw": 1.0, "cw": 0.0, "se": 0.0, "dd": 0.0}
 
 
 def test_dd_stem_is_shared_by_the_arms_that_add_dd_late():
     base = get_preset("cpu")  # warm-up 40 epochs, L_DD from epoch 50, 60 epochs
     stem = ab.dd_stem(base, "Full")
     assert stem == ab.dd_stem(base, "Full (official DoD)") == ab.dd_stem(base, "CW+SE")
-    assert (stem.epochs, stem.cw, stem.se, stem.dd) == (50, True, True, False)
+    assert (stem.epochs, stem.cw_weight, stem.se_weight, stem.dd_weight) == (
+        50, base.cw_weight, base.se_weight, 0.0)
+    assert stem.dd_variant == base.dd_variant
     assert ab.dd_stem(base, "IW") is None and ab.dd_stem(base, "CW") is None  # nobody shares
     assert [c.epochs for c in ab.fork_chain(base, "Full")] == [40, 50, 60]
     assert [c.epochs for c in ab.fork_chain(base, "CW")] == [40, 60]
@@ -107,28 +101,6 @@ def test_dd_stem_is_shared_by_the_arms_that_add_dd_late():
     # no stem where forking would not be exact or would save nothing
     assert ab.dd_stem(base.replace(dd_start=40), "Full") is None  # L_DD starts with the rest
     assert ab.dd_stem(base.replace(cosine=True), "Full") is None  # lr depends on the length
-
-
-def test_code_digest_ignores_docstrings_and_comments():
-    src = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n\nclass C:\n    a: int = 1\n'
-    same = ('def f(x):\n    """Another doc,\n    on two lines."""\n    # a comment\n'
-            '    return x + 1\n\nclass C:\n    """C."""\n    a: int = 1\n    """Doc of a."""\n')
-    assert ab._code_digest(src) == ab._code_digest(same)
-    assert ab._code_digest(src) != ab._code_digest(src.replace("x + 1", "x + 2"))
-    assert ab._code_digest(src) != ab._code_digest(src.replace("a: int = 1", "a: int = 2"))
-
-
-def test_run_key_tracks_what_changes_the_result(env):
-    cfg = get_preset("smoke", domains=PAIR)
-    key = ab.run_key(cfg)
-    assert key == ab.run_key(get_preset("smoke", domains=PAIR))
-    assert ab.run_key(cfg.replace(ks=(1, 2), device="cpu", log_every=1)) == key
-    for change in (dict(seed=1), dict(lr=2e-3), dict(epochs=4), dict(domains=("photo", "sketch"))):
-        assert ab.run_key(cfg.replace(**change)) != key, change
-    assert ab.run_key(cfg.replace(threads=1)) != ab.run_key(cfg.replace(threads=2))
-    assert ab.run_key(cfg, parent_key="abc") != key
-    assert ab.run_key(cfg, data="glyphs:other") != key
-    assert ab.run_key(cfg, code="0.0.0+x") != key
 
 
 # ------------------------------------------------------------------------------- end to end
@@ -164,6 +136,7 @@ def test_table_title_names_the_thread_count(env, first):
     assert title.endswith(", 1 CPU thread per run")
 
 
+@pytest.mark.slow
 def test_arms_with_late_dd_fork_one_stem_and_match_a_direct_fork(env):
     """Training CW+SE to dd_start once and forking the L_DD arms from it gives the weights of
     forking each from the warm-up: the fork is the same computation (bit for bit, one thread,
@@ -247,17 +220,18 @@ def test_changed_config_reruns_only_what_it_changes(env, first, monkeypatch):
     assert counter.epochs == 3 * (get_preset("smoke").epochs - get_preset("smoke").warmup_epochs)
 
 
+@pytest.mark.slow
 def test_interrupted_run_continues_where_it_stopped(env, first, monkeypatch):
     cache = env / "cache-interrupted"
     cfg = get_preset("smoke")
-    real_epoch = train_mod._train_epoch
+    real_epoch = train_mod.train_epoch
 
     def failing_epoch(run_cfg, state, *args, **kwargs):
-        if run_cfg.cw and not run_cfg.se and state.epoch == cfg.epochs - 1:
+        if run_cfg.cw_weight and not run_cfg.se_weight and state.epoch == cfg.epochs - 1:
             raise KeyboardInterrupt  # the CW arm, after its first epoch past the warm-up
         return real_epoch(run_cfg, state, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", failing_epoch)
+    monkeypatch.setattr(train_mod, "train_epoch", failing_epoch)
     with pytest.raises(KeyboardInterrupt):
         ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=1, threads=THREADS,
                         cache_dir=cache, progress=False)
@@ -279,6 +253,7 @@ def test_interrupted_run_continues_where_it_stopped(env, first, monkeypatch):
             assert got["metrics"][direction] == want["metrics"][direction], got["arm"]
 
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_same_results(env, first):
     res = ab.run_ablation([PAIR], [0], preset="smoke", out=None, jobs=2, threads=THREADS,
                           arms=["IW", "CW"], cache_dir=env / "cache-jobs2", progress=False)
@@ -362,3 +337,35 @@ def test_paired_verdict_follows_the_stated_rule():
     assert ab.paired_verdict([-0.1, -0.1, -3.0]) == "no measurable effect"
     assert ab.paired_verdict([5.0]) == "no measurable effect"  # one seed: no spread
     assert "every seed" in ab.RULE and "twice its standard error" in ab.RULE
+
+
+def _synthetic_results(values):
+    """Results of one pair and three seeds with P@5 per (arm, seed) for every direction."""
+    rows = [{"pair": "Big->Box", "seed": seed, "arm": arm,
+             "metrics": {d: {"P@5": value} for d in ab.DIRECTIONS}}
+            for arm, per_seed in values.items() for seed, value in enumerate(per_seed)]
+    return {"pairs": ["Big->Box"], "seeds": [0, 1, 2], "arms": list(values), "rows": rows}
+
+
+def test_direction_labels_use_the_domain_names_whatever_their_letters():
+    # a domain named with a capital A or B: the label maps the sides, it does not replace text
+    assert ab.direction_label("A->B", ("Big", "Box")) == "Big→Box"
+    assert ab.direction_label("B->A", "Big->Box") == "Box→Big"
+    assert ab.direction_label("B->B", ("Art", "Clipart")) == "Clipart→Clipart"
+    assert ab.split_pair(ab.pair_name(("Real World", "Art"))) == ("Real World", "Art")
+    with pytest.raises(ValueError, match="expected A->B"):
+        ab.split_pair("clipart:sketch")
+
+
+def test_paired_step_and_gain_table_agree():
+    results = _synthetic_results({"IW": [10.0, 20.0, 30.0], "CW": [12.0, 23.0, 31.0],
+                                  "CW+SE": [12.0, 22.0, 32.0]})
+    step = ab.paired_step(results, "Big->Box", "IW", "CW", "A->B")
+    assert (step.up, step.down, step.n) == (3, 0, 3)
+    assert step.mean == pytest.approx(2.0) and step.sd == pytest.approx(1.0)
+    assert step.verdict == ab.paired_verdict([2.0, 3.0, 1.0]) == "gain"
+    assert step.cell() == "+2.0 ± 1.0 (3/3 ↑, gain)"
+    assert ab.per_seed(results, "Big->Box", "CW", "B->A") == {0: 12.0, 1: 23.0, 2: 31.0}
+    table = ab.gain_table(results)
+    assert "| Big→Box | Box→Big |" in table
+    assert "| CW | 2.0 ± 1.0 (gain) | 2.0 ± 1.0 (gain) |" in table

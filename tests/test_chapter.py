@@ -53,7 +53,8 @@ def test_runtime_note_says_what_was_measured(tmp_path: Path) -> None:
 
 
 def test_format_overrides() -> None:
-    assert chapter.format_overrides({"cw": True, "dd_variant": "ot"}) == "cw=True, dd_variant='ot'"
+    assert chapter.format_overrides({"se_weight": 0.0, "dd_variant": "ot"}) == (
+        "se_weight=0.0, dd_variant='ot'")
 
 
 def test_objective_and_preset_table_read_the_config() -> None:
@@ -62,7 +63,7 @@ def test_objective_and_preset_table_read_the_config() -> None:
     cpu = get_preset("cpu")
     formula = chapter.objective(cpu)
     assert f"{cpu.cw_weight:g}\\,\\mathcal{{L}}_{{CW}}" in formula
-    assert "DD" not in chapter.objective(cpu.replace(dd=False))
+    assert "DD" not in chapter.objective(cpu.replace(dd_weight=0.0))
     table = chapter.preset_table()
     row = next(line for line in table.splitlines() if line.startswith("| `num_clusters`"))
     assert f"| {cpu.num_clusters} |" in row and chapter.PRESET_REASONS["num_clusters"] in row

@@ -148,3 +148,16 @@ def test_training_diverged_is_one_line_but_bugs_keep_traceback(monkeypatch, caps
     monkeypatch.setattr(cli, "cmd_ablate", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(["ablate", "--out", "unused"])
+
+
+def test_format_comparison_lines_up_one_metric_of_several_reports():
+    from ucdir_lite.cli import format_comparison
+
+    values = (1, 2.25, 3, 4)
+    report = {d: {"P@5": v} for d, v in zip(("A->B", "B->A", "A->A", "B->B"), values, strict=True)}
+    text = format_comparison({"IW": report, "Full": report}, "P@5", ("clipart", "sketch"))
+    header, iw, full = text.splitlines()
+    assert header.split() == ["P@5", "clipart→sketch", "sketch→clipart", "clipart→clipart",
+                              "sketch→sketch"]
+    assert iw.split() == ["IW", "1.0", "2.2", "3.0", "4.0"] and len(iw) == len(header)
+    assert full.startswith("Full ")

@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import ucdir_lite.train as train_mod
+from ucdir_lite import evaluation
 from ucdir_lite.config import get_preset
+from ucdir_lite.data import epoch_indices
+from ucdir_lite.evaluation import label_selected_best
 from ucdir_lite.losses import cluster_wise_supcon_loss, sample_distance_of_distance_loss
 from ucdir_lite.model import (
     Encoder,
@@ -22,7 +25,7 @@ from ucdir_lite.model import (
     load_backbone_weights,
     split_batch_norm,
 )
-from ucdir_lite.train import epoch_indices, label_selected_best, shuffled_keys, train
+from ucdir_lite.train import shuffled_keys, train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,8 +116,8 @@ def test_the_trainer_writes_the_keys_into_the_bank_before_the_losses(monkeypatch
 
 def test_kmeans_runs_on_fresh_eval_mode_features_of_every_image(monkeypatch):
     cfg = smoke(epochs=2, warmup_epochs=1, cluster_on="features", eval_batch_size=40)
-    calls = []  # per _encode call: the rows of each batch and the encoder's mode in forward
-    real_encode = train_mod._encode
+    calls = []  # per encode call: the rows of each batch and the encoder's mode in forward
+    real_encode = train_mod.encode
 
     def spy_encode(encoder, dataset, device, batch_size, num_workers=0):
         record = {"modes": [], "rows": [], "x": dataset.x if hasattr(dataset, "x") else None}
@@ -137,7 +140,8 @@ def test_kmeans_runs_on_fresh_eval_mode_features_of_every_image(monkeypatch):
         clustered.append((epoch, [f.clone() for f in features], len(calls)))
         return real_cluster(cfg_, features, epoch, match)
 
-    monkeypatch.setattr(train_mod, "_encode", spy_encode)
+    monkeypatch.setattr(train_mod, "encode", spy_encode)
+    monkeypatch.setattr(evaluation, "encode", spy_encode)
     monkeypatch.setattr(train_mod, "cluster_features", spy_cluster)
     result = train(cfg, progress=False)
     n = [len(d) for d in result.datasets]
@@ -158,13 +162,14 @@ def test_kmeans_runs_on_fresh_eval_mode_features_of_every_image(monkeypatch):
 def test_cluster_on_bank_makes_no_extra_pass(monkeypatch):
     cfg = smoke(epochs=2, warmup_epochs=1, cluster_on="bank")
     passes = []
-    real_encode = train_mod._encode
+    real_encode = train_mod.encode
 
     def spy_encode(*args, **kwargs):
         passes.append(1)
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_encode", spy_encode)
+    monkeypatch.setattr(train_mod, "encode", spy_encode)
+    monkeypatch.setattr(evaluation, "encode", spy_encode)
     train(cfg, progress=False)
     assert len(passes) == 2 + 2  # the bank initialisation and the final evaluation
 
@@ -200,7 +205,7 @@ def test_moco_v2_head_loads_into_the_head(tmp_path):
         assert torch.equal(loaded[key.removeprefix("fc.")], value), key
     # both encoders of a run start from it: the key encoder is a copy, head included
     cfg = smoke(width=4, feat_dim=8, hidden_dim=32, weights=str(path))
-    state = train_mod._new_state(cfg, torch.device("cpu"), amp=False, pretrained=True)
+    state = train_mod.new_state(cfg, torch.device("cpu"), amp=False, pretrained=True)
     for module in (state.encoder_q, state.encoder_k):
         assert torch.equal(module.head[2].weight, head["fc.2.weight"])
 
@@ -236,11 +241,11 @@ def test_split_bn_normalises_each_group_with_its_own_statistics():
 
 def test_the_key_encoder_uses_split_bn_and_shuffled_keys_come_back_in_order():
     cfg = smoke()
-    state = train_mod._new_state(cfg, torch.device("cpu"), amp=False, pretrained=False)
+    state = train_mod.new_state(cfg, torch.device("cpu"), amp=False, pretrained=False)
     bns = [m for m in state.encoder_k.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(isinstance(m, SplitBatchNorm) and m.num_splits == 2 for m in bns)
     assert not any(isinstance(m, SplitBatchNorm) for m in state.encoder_q.modules())
-    plain = train_mod._new_state(cfg.replace(key_bn_splits=1), torch.device("cpu"), amp=False,
+    plain = train_mod.new_state(cfg.replace(key_bn_splits=1), torch.device("cpu"), amp=False,
                                  pretrained=False)
     assert not any(isinstance(m, SplitBatchNorm) for m in plain.encoder_k.modules())
     # in eval mode BN needs no batch statistics: shuffling must change nothing

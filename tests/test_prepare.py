@@ -12,7 +12,6 @@ import io
 import os
 import random
 import re
-import runpy
 import stat
 import subprocess
 import sys
@@ -591,17 +590,32 @@ def test_script_failure_is_one_line(tmp_path):
     assert len(lines) == 1 and "hemanthdv.org" in lines[0]
 
 
-def test_domainnet_script_with_local_server(server, tmp_path):
+def test_domainnet_through_the_cli_with_local_server(server, tmp_path):
+    from ucdir_lite.cli import main
+
     state, url = server
     files, _ = _domainnet_files(("sketch",))
     _serve(state, "/dn", files)
-    script = REPO / "data_scripts" / "prepare_domainnet.py"
-    main = runpy.run_path(str(script), run_name="prepare_domainnet_script")["main"]
-    args = [str(tmp_path), "--domains", "sketch", "--base-url", f"{url}/dn", "--quiet"]
+    args = ["data", "prepare", "domainnet", str(tmp_path), "--domains", "sketch", "--base-url",
+            f"{url}/dn", "--quiet"]
     assert main([*args, "--no-verify", "--classes", "whale", "zebra"]) == 0
     assert sorted(p.name for p in (tmp_path / "sketch").iterdir() if p.is_dir()) == [
         "whale", "zebra"]
     assert main([*args, "--base-url", f"{url}/nowhere", "--split", "test"]) == 1
+    # the --root form is the same command; both at once must agree
+    assert main([*args[:3], "--root", str(tmp_path), *args[4:], "--no-verify", "--classes",
+                 "whale"]) == 0
+    assert main([*args, "--root", str(tmp_path / "other")]) == 1
+
+
+def test_the_scripts_are_the_cli(tmp_path):
+    for name in ("generate_glyphs.py", "prepare_domainnet.py", "prepare_office_home.py"):
+        text = (REPO / "data_scripts" / name).read_text()
+        assert "from ucdir_lite.cli import main" in text and "argparse" not in text
+    result = _script("generate_glyphs.py", str(tmp_path / "g"), "--num-classes", "2",
+                     "--images-per-class", "2", "--domains", "clipart", "sketch", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "8 images" in result.stdout
 
 
 # ================================================================ bounds and leftovers

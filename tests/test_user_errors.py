@@ -15,11 +15,13 @@ import torch
 from PIL import Image
 
 import ucdir_lite.ablation as ab
+import ucdir_lite.runcache as runcache
 from ucdir_lite import cli
 from ucdir_lite._lock import FolderInUse
+from ucdir_lite.checkpoint import FORMAT
 from ucdir_lite.cli import main
 from ucdir_lite.config import get_preset
-from ucdir_lite.train import FORMAT, build_model
+from ucdir_lite.model import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +87,7 @@ def test_a_locked_run_cache_entry_is_refused_naming_its_holder(tmp_path, capsys)
     cache = tmp_path / "cache"
     base = get_preset("smoke", domains=("clipart", "sketch"), seed=0, threads=1)
     warm = ab.warmup_config(base)
-    run_dir = ab._run_dir(cache, warm, ab.run_key(warm))
+    run_dir = runcache._run_dir(cache, warm, runcache.run_key(warm))
     with held_by_another_process(run_dir) as holder:
         with pytest.raises(FolderInUse, match=rf"run-cache entry .* \(PID {holder.pid}\)"):
             ab.train_cached(warm, cache, progress=False)

@@ -135,12 +135,12 @@ def ensure_data(smoke: bool) -> None:
     """Generate the embedded glyph benchmark the notebooks use, unless it is there.
 
     That is the benchmark of the ``smoke`` or ``cpu`` preset, through the trainer's own
-    ``ucdir_lite.train.data_root``.
+    ``ucdir_lite.data.data_root``.
     """
-    from ucdir_lite.config import get_preset
-    from ucdir_lite.train import data_root
+    from ucdir_lite.config import book_preset, get_preset
+    from ucdir_lite.data import data_root
 
-    root = data_root(get_preset("smoke" if smoke else "cpu"))
+    root = data_root(get_preset(book_preset(smoke)))
     print(f"build_book: embedded data ready in {root}")
 
 

@@ -14,23 +14,19 @@ without it, trained until L_DD starts (``dd_stem``): the same weights, less work
 
 Each arm is a dict of ``TrainConfig`` overrides on the preset (``ARMS``), never a code copy.
 
-Runs live in a content-addressed cache: a run's key is the hash of its config (fields that
-do not change what is learned, like ``ks`` or ``device``, left out), the code version (the
-package version and a digest of the modules that train), the data (the generated benchmark's
-manifest checksum, or a listing of the real data's files) and, for a forked run, its parent's
-key. ``train_cached`` returns a finished run with the same key without training, continues an
-interrupted one (``train(..., resume=True)``) and trains the rest. The book's notebooks train
-through it, so notebook 06's ablation reuses their runs.
+Every run goes through the run cache (``ucdir_lite.runcache``: content-addressed, reused,
+continued), so notebook 06's ablation reuses the runs of the chapters' notebooks. The
+scheduler trains the warm-ups, then each warm-up's arms as soon as it is done, in ``jobs``
+worker processes; the rest of the module turns the rows into tables (``ablation_table``,
+``gain_table``) and files (``write_results``); the chart is ``plots.plot_ablation``.
 
 Reference: Hu & Lee, ECCV 2022 (arXiv:2207.09721), Table 4 (the ablation of the losses).
 """
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures as cf
 import csv
-import hashlib
 import io
 import json
 import math
@@ -40,46 +36,40 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-import ucdir_lite
-from ucdir_lite import glyphs
-from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
-from ucdir_lite.config import ARMS, DEFAULT_PAIRS, DEFAULT_SEEDS, TrainConfig, get_preset
-from ucdir_lite.train import (
-    CHECKPOINT,
-    TrainResult,
-    data_root,
-    learning_rate,
-    loss_weights,
-    train,
+from ucdir_lite.config import (
+    ARMS,
+    DEFAULT_PAIRS,
+    DEFAULT_SEEDS,
+    POST_WARMUP_FIELDS,
+    TrainConfig,
+    get_preset,
 )
+from ucdir_lite.runcache import (
+    MARKER,
+    _cache_dir,
+    cached_run,
+    code_version,
+    data_checksum,
+    default_cache_dir,
+    run_key,
+    train_cached,
+    train_cached_summary,
+)
+from ucdir_lite.train import TrainResult, learning_rate
 from ucdir_lite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 WARMUP = "warm-up"
 """The name of the shared warm-up run in the results (not a row of the table by default)."""
 
 
-# Config fields that do not change what is learned: left out of the cache key (a cached run
-# is re-evaluated, not retrained, when ``ks`` changes; see train(resume=True)).
-NON_KEY_FIELDS = ("ks", "device", "num_workers", "eval_batch_size", "log_every", "data_root")
-# Fields a run never reads are reset to TrainConfig's defaults (``canonical_config``) so that
-# they do not split the cache: a loss's settings when the loss is off, every cluster setting
-# when no cluster loss is on, all of them in a warm-up (which trains L_IW alone).
-_LOSS_FIELDS = {
-    "cw": ("cw_variant", "cw_weight", "cw_ramp_epochs", "supcon_tau", "conf_threshold"),
-    "se": ("se_variant", "se_weight", "se_start", "se_tau"),
-    "dd": ("dd_variant", "dd_weight", "dd_start", "ot_epsilon", "dd_tau"),
-}
-_CLUSTER_FIELDS = ("tau", "num_clusters", "kmeans_iters", "kmeans_restarts", "cluster_on")
-# Modules whose source decides what a run learns (part of the code version).
-_TRAINING_MODULES = ("train", "losses", "clustering", "transport", "model", "datasets",
-                     "config", "utils", "metrics")
-MARKER = "cache.json"
 DIRECTIONS = ("A->B", "B->A", "A->A", "B->B")
+# The settings of L_DD that arms may change (not its weight): an L_DD stem takes the base's.
+_DD_SETTINGS = ("dd_variant", "ot_epsilon", "tau_dd")
 
 
 # ------------------------------------------------------------------------------- configs
@@ -89,35 +79,22 @@ def arm_config(base: TrainConfig, arm: str) -> TrainConfig:
     """The config of ablation row ``arm`` (a key of ``ARMS``): the base with its overrides."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    return canonical_config(base.replace(**ARMS[arm]))
-
-
-def canonical_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the fields it never reads reset to TrainConfig's defaults: the settings of
-    a switched-off loss (e.g. ``se_weight`` when ``se=False``), the cluster settings when no
-    cluster loss is on, and in a warm-up-only run (``epochs <= warmup_epochs``) every
-    post-warm-up field. Two configs that train the same thing then share a cache key."""
-    defaults = TrainConfig()
-    warmup_only = cfg.epochs <= cfg.warmup_epochs
-    unused: list[str] = ["iw_weight", *_LOSS_FIELDS] if warmup_only else []
-    for switch, names in _LOSS_FIELDS.items():
-        if warmup_only or not getattr(cfg, switch):
-            unused += names
-    if warmup_only or not (cfg.cw or cfg.se or cfg.dd):
-        unused += _CLUSTER_FIELDS
-    return cfg.replace(**{name: getattr(defaults, name) for name in unused})
+    return base.replace(**ARMS[arm])
 
 
 def warmup_config(base: TrainConfig) -> TrainConfig:
-    """The shared warm-up of ``base``: its first ``warmup_epochs`` epochs (L_IW only), in
-    canonical form, so that every arm (and every notebook) of ``base`` shares it. Note: with
+    """The shared warm-up of ``base``: its first ``warmup_epochs`` epochs (L_IW only), with
+    the fields read only after warm-up (``config.POST_WARMUP_FIELDS``) at their defaults, so
+    that every arm (and every notebook) of ``base`` shares it. Note: with
     ``cosine=True`` the warm-up's schedule spans the warm-up only, not the first epochs of the
     full schedule."""
     if base.warmup_epochs < 1:
         raise ValueError(
             f"warmup_epochs={base.warmup_epochs}: the ablation forks a warm-up; use at least 1"
         )
-    return canonical_config(base.replace(epochs=base.warmup_epochs))
+    defaults = TrainConfig()
+    return base.replace(epochs=base.warmup_epochs,
+                        **{name: getattr(defaults, name) for name in POST_WARMUP_FIELDS})
 
 
 def dd_stem(base: TrainConfig, arm: str) -> TrainConfig | None:
@@ -133,16 +110,21 @@ def dd_stem(base: TrainConfig, arm: str) -> TrainConfig | None:
     """
     cfg = arm_config(base, arm)
     start = base.dd_start
-    if not (cfg.cw or cfg.se) or start is None or not base.warmup_epochs < start < cfg.epochs:
+    clusters = cfg.cw_weight > 0 or cfg.se_weight > 0
+    if not clusters or start is None or not base.warmup_epochs < start < cfg.epochs:
         return None
-    stem = canonical_config(cfg.replace(dd=False, epochs=start))
+
+    def stem_of(c: TrainConfig) -> TrainConfig:  # L_DD off, its settings the base's
+        return c.replace(dd_weight=0.0, epochs=start,
+                         **{name: getattr(base, name) for name in _DD_SETTINGS})
+
+    stem = stem_of(cfg)
     with_dd = [arm_config(base, other) for other in ARMS]
-    if not any(c.dd and canonical_config(c.replace(dd=False, epochs=start)) == stem
-               for c in with_dd):
+    if not any(c.dd_weight > 0 and stem_of(c) == stem for c in with_dd):
         return None
     for epoch in range(base.warmup_epochs, start):  # the fork is exact only if these agree
         if (learning_rate(stem, epoch) != learning_rate(cfg, epoch)
-                or loss_weights(stem, epoch) != loss_weights(cfg, epoch)):
+                or stem.loss_weights(epoch) != cfg.loss_weights(epoch)):
             return None
     return stem
 
@@ -157,210 +139,12 @@ def fork_chain(base: TrainConfig, arm: str) -> list[TrainConfig]:
     return [warm, *([stem] if stem is not None else []), arm_config(base, arm)]
 
 
-# ------------------------------------------------------------------------------- cache keys
-
-
-def default_cache_dir() -> Path:
-    """``$UCDIR_RUNS``, else ``~/.cache/ucdir_lite/runs`` (beside the generated data)."""
-    return Path(os.environ.get("UCDIR_RUNS") or "~/.cache/ucdir_lite/runs").expanduser()
-
-
-def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """``cache_dir`` (user folder expanded), or ``default_cache_dir()`` when None."""
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-
-def _code_digest(source: str) -> bytes:
-    """The syntax tree of ``source`` without its docstrings (comments are not in it): editing
-    prose leaves the digest, and so the run cache, as it was."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        for name in ("body", "orelse", "finalbody"):
-            body = getattr(node, name, None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(
-                    s.value, ast.Constant) and isinstance(s.value.value, str))]
-                setattr(node, name, kept or [ast.Pass()])
-    return ast.dump(tree).encode()
-
-
-def code_version() -> str:
-    """The package version plus a digest of the code (not the docstrings or comments) of the
-    modules that train."""
-    digest = hashlib.sha256()
-    package = Path(ucdir_lite.__file__).parent
-    for name in _TRAINING_MODULES:
-        digest.update(_code_digest((package / f"{name}.py").read_text()))
-    return f"{ucdir_lite.__version__}+{digest.hexdigest()[:12]}"
-
-
-def data_checksum(cfg: TrainConfig, progress: bool = False) -> str:
-    """A checksum of the data ``cfg`` trains on: the generated benchmark's manifest checksum
-    (the benchmark is generated first if missing), or for real data a hash of the relative
-    path and size of every file of the two domains."""
-    root = data_root(cfg, progress=progress)
-    if cfg.data_root is None:
-        return "glyphs:" + glyphs.read_manifest(root)["files_sha256"]
-    digest = hashlib.sha256()
-    for domain in cfg.domains:
-        for path in sorted((root / domain).rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n"
-                              .encode())
-    return "files:" + digest.hexdigest()
-
-
-def run_key(cfg: TrainConfig, parent_key: str | None = None, *,
-            data: str | None = None, code: str | None = None) -> str:
-    """The cache key of a run: sha256 over its config (``NON_KEY_FIELDS`` left out), the code
-    version, the data checksum and the parent run's key (forked runs). ``data`` and ``code``
-    may be passed when already known."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in NON_KEY_FIELDS}
-    material = {
-        "config": config,
-        "code": code or code_version(),
-        "data": data or data_checksum(cfg),
-        "parent": parent_key,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def _run_dir(cache_dir: Path, cfg: TrainConfig, key: str) -> Path:
-    a, b = (d.replace(" ", "_") for d in cfg.domains)
-    return cache_dir / f"{a}-{b}-s{cfg.seed}-e{cfg.epochs}-{key[:16]}"
-
-
-def _marker(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / MARKER
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _finished_marker(run_dir: Path, key: str) -> dict[str, Any] | None:
-    """The marker of ``run_dir`` if it records a finished run of ``key``, else None."""
-    marker = _marker(run_dir)
-    if marker is None or not marker.get("finished") or marker.get("key") != key:
-        return None
-    return marker
-
-
-def _parent_of(init_from: TrainResult | str | os.PathLike | None) -> tuple[Path | None,
-                                                                          str | None]:
-    """(checkpoint path, parent key) of an ``init_from`` (a TrainResult, a run folder or a
-    checkpoint file); the key is the parent's cache key, else the checkpoint's sha256."""
-    if init_from is None:
-        return None, None
-    if isinstance(init_from, TrainResult):
-        if init_from.out_dir is None:
-            raise ValueError("init_from is a TrainResult trained in memory (out_dir=None); "
-                             "fork only from a run saved to a folder")
-        init_from = init_from.out_dir
-    path = Path(init_from).expanduser()
-    ckpt = path / CHECKPOINT if path.is_dir() else path
-    if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"init_from {str(path)!r} holds no checkpoint; pass a finished run's folder"
-        )
-    marker = _marker(ckpt.parent)
-    if marker is not None and marker.get("finished"):
-        return ckpt, marker["key"]
-    digest = hashlib.sha256()
-    with open(ckpt, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return ckpt, "sha256:" + digest.hexdigest()
-
-
-def _resolved(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` in canonical form with its thread count fixed (None: this process's count):
-    the count is part of the run's key, since the trained weights depend on it."""
-    cfg = canonical_config(cfg)
-    return cfg if cfg.threads is not None else cfg.replace(threads=torch.get_num_threads())
-
-
-def _has_metrics(metrics: dict[str, Any], ks: Iterable[int]) -> bool:
-    entry = metrics.get("A->B", {})
-    return all(f"P@{k}" in entry for k in ks)
-
-
-def cached_run(cfg: TrainConfig, cache_dir: str | os.PathLike | None = None,
-               init_from: TrainResult | str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The summary (``cache.json`` plus ``metrics`` and ``run_dir``) of the finished cached run
-    of ``cfg``, or None when it is missing, unfinished or lacks some of ``cfg.ks``. Never
-    trains."""
-    cfg = _resolved(cfg)
-    cache_dir = _cache_dir(cache_dir)
-    key = run_key(cfg, _parent_of(init_from)[1])
-    run_dir = _run_dir(cache_dir, cfg, key)
-    marker = _finished_marker(run_dir, key)
-    if marker is None:
-        return None
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not _has_metrics(metrics, cfg.ks):
-        return None
-    return {**marker, "metrics": metrics, "run_dir": str(run_dir)}
-
-
-def _train_cached(cfg: TrainConfig, cache_dir: str | os.PathLike | None,
-                  init_from: TrainResult | str | os.PathLike | None,
-                  progress: bool) -> tuple[TrainResult, dict[str, Any]]:
-    cfg = _resolved(cfg)
-    cache_dir = _cache_dir(cache_dir)
-    parent_ckpt, parent_key = _parent_of(init_from)
-    data = data_checksum(cfg, progress=progress)
-    key = run_key(cfg, parent_key, data=data)
-    run_dir = _run_dir(cache_dir, cfg, key)
-    with folder_lock(run_dir, what="run-cache entry", hint="another ablation or notebook "
-                     "is training it: wait for it to finish, or use another --cache-dir "
-                     "(cache_dir=)"):
-        marker = _finished_marker(run_dir, key)
-        finished = marker is not None
-        start = time.perf_counter()
-        if (run_dir / CHECKPOINT).is_file():  # finished (no training) or interrupted (continues)
-            result = train(cfg, run_dir, resume=True, progress=progress)
-        else:
-            result = train(cfg, run_dir, init_from=parent_ckpt, progress=progress)
-        if not finished:
-            marker = {
-                "key": key,
-                "finished": True,
-                "parent": parent_key,
-                "init_from": str(parent_ckpt) if parent_ckpt else None,
-                "code": code_version(),
-                "data": data,
-                "config": cfg.to_dict(),
-                "train_s": round(time.perf_counter() - start, 2),
-            }
-            atomic_write_json(marker, run_dir / MARKER)
-    summary = {**marker, "metrics": result.metrics, "run_dir": str(run_dir),
-               "reused": bool(finished), "wall_s": round(time.perf_counter() - start, 2)}
-    return result, summary
-
-
-def train_cached(
-    cfg: TrainConfig,
-    cache_dir: str | os.PathLike | None = None,
-    init_from: TrainResult | str | os.PathLike | None = None,
-    *,
-    progress: bool = True,
-) -> TrainResult:
-    """``train(cfg)`` through the run cache: reuse, continue or train the run keyed by ``cfg``.
-
-    ``cfg`` is first put in canonical form (``canonical_config``). A finished run with the
-    same key is loaded, not trained (re-evaluated only when ``cfg.ks`` asks for other K); an
-    interrupted one continues where it stopped (``resume=True``); otherwise the run is
-    trained, forked from ``init_from`` if given (a cached warm-up: a ``TrainResult``, its
-    folder or its checkpoint). Runs live in ``cache_dir/<A>-<B>-s<seed>-e<epochs>-<key>``
-    (default: ``default_cache_dir()``).
-    """
-    return _train_cached(cfg, cache_dir, init_from, progress)[0]
+def train_arms(base: TrainConfig, arms: Iterable[str],
+               cache_dir: str | os.PathLike | None = None, *,
+               progress: bool = False) -> dict[str, TrainResult]:
+    """``{arm: train_arm(base, arm)}`` for several rows (``"warm-up"`` included), in order:
+    what a chapter's notebook trains."""
+    return {arm: train_arm(base, arm, cache_dir, progress=progress) for arm in arms}
 
 
 def train_arm(base: TrainConfig, arm: str, cache_dir: str | os.PathLike | None = None, *,
@@ -383,7 +167,8 @@ def train_arm(base: TrainConfig, arm: str, cache_dir: str | os.PathLike | None =
 
 def _job(cfg_dict: dict[str, Any], cache_dir: str, parent: str | None) -> dict[str, Any]:
     """Run (or reuse) one cached run; return its summary (picklable, for worker processes)."""
-    return _train_cached(TrainConfig.from_dict(cfg_dict), cache_dir, parent, progress=False)[1]
+    return train_cached_summary(TrainConfig.from_dict(cfg_dict), cache_dir, parent,
+                                progress=False)[1]
 
 
 def _init_worker(threads: int) -> None:
@@ -402,8 +187,27 @@ def _parse_pair(pair: str | Sequence[str]) -> tuple[str, str]:
 
 
 def pair_name(pair: Sequence[str]) -> str:
-    """``("clipart", "sketch")`` -> ``"clipart->sketch"``."""
+    """``("clipart", "sketch")`` -> ``"clipart->sketch"``: the name of a pair in the results
+    and the files (``split_pair`` is its inverse)."""
     return f"{pair[0]}->{pair[1]}"
+
+
+def split_pair(name: str | Sequence[str]) -> tuple[str, str]:
+    """``"clipart->sketch"`` -> ``("clipart", "sketch")`` (a pair passes through)."""
+    if not isinstance(name, str):
+        return str(name[0]), str(name[1])
+    a, sep, b = name.partition("->")
+    if not sep:
+        raise ValueError(f"pair name {name!r}: expected A->B, e.g. clipart->sketch")
+    return a, b
+
+
+def direction_label(direction: str, pair: str | Sequence[str]) -> str:
+    """A retrieval direction with the pair's domain names: ``("A->B", ("clipart", "sketch"))``
+    -> ``"clipart→sketch"``, ``"B->B"`` -> ``"sketch→sketch"``."""
+    names = dict(zip("AB", split_pair(pair), strict=True))
+    query, _, gallery = direction.partition("->")
+    return f"{names[query]}→{names[gallery]}"
 
 
 class _Scheduler:
@@ -614,6 +418,11 @@ def run_ablation(
 # ------------------------------------------------------------------------------- outputs
 
 
+def first_k(results: dict[str, Any]) -> int:
+    """The first K of the results' P@K (the K the gain table and the chart use)."""
+    return _ks(results)[0]
+
+
 def _ks(results: dict[str, Any]) -> list[int]:
     entry = results["rows"][0]["metrics"]["A->B"]
     return [int(name[2:]) for name in entry if name.startswith("P@")]
@@ -656,10 +465,8 @@ def ablation_table(results: dict[str, Any], ks: Sequence[int] | None = None,
     n = len(results["seeds"])
     lines = []
     for pair, arms in means.items():
-        a, b = pair.split("->")
         columns = [f"{d} P@{k}" for d in directions for k in ks]
-        names = {"A": a, "B": b}
-        header = [f"{names[c[0]]}→{names[c[3]]} P@{c.split('P@')[1]}" for c in columns]
+        header = [f"{direction_label(d, pair)} P@{k}" for d in directions for k in ks]
         lines += [f"**{pair}** (mean ± sd over {n} seed{'s' if n > 1 else ''})", "",
                   "| arm | " + " | ".join(header) + " |",
                   "|---|" + "---:|" * len(columns)]
@@ -695,60 +502,69 @@ def paired_verdict(diffs: Sequence[float]) -> str:
     return "no measurable effect"
 
 
+def per_seed(results: dict[str, Any], pair: str, arm: str, direction: str,
+             k: int | None = None) -> dict[int, float]:
+    """``{seed: P@k}`` of one row and direction (``k`` default: the first K): one cell of
+    the table before the mean over the seeds, in the order of the rows."""
+    metric = f"P@{k if k is not None else first_k(results)}"
+    return {r["seed"]: r["metrics"][direction][metric] for r in results["rows"]
+            if r["pair"] == pair and r["arm"] == arm}
+
+
+class Step(NamedTuple):
+    """The change from one row to another, seed by seed (``paired_step``)."""
+
+    mean: float
+    sd: float
+    """NaN for one seed."""
+    up: int
+    """Seeds in which the change is positive."""
+    down: int
+    n: int
+    verdict: str
+    """By ``paired_verdict`` (``RULE``)."""
+
+    def cell(self) -> str:
+        """``"+1.2 ± 0.4 (3/3 ↑, gain)"``."""
+        spread = "" if math.isnan(self.sd) else f" ± {self.sd:.1f}"
+        return f"{self.mean:+.1f}{spread} ({self.up}/{self.n} ↑, {self.verdict})"
+
+
+def paired_step(results: dict[str, Any], pair: str, lower: str, upper: str, direction: str,
+                k: int | None = None) -> Step:
+    """The change of P@k from row ``lower`` to row ``upper`` in one direction, paired by
+    seed (the rows of one seed share its warm-up, so the paired differences vary far less
+    than the P@k themselves)."""
+    low = per_seed(results, pair, lower, direction, k)
+    diffs = [value - low[seed] for seed, value in per_seed(results, pair, upper, direction,
+                                                           k).items()]
+    if not diffs:
+        return Step(math.nan, math.nan, 0, 0, 0, "no measurable effect")
+    mean, sd = _mean_sd(diffs)
+    return Step(mean, sd, sum(d > 0 for d in diffs), sum(d < 0 for d in diffs), len(diffs),
+                paired_verdict(diffs))
+
+
 def gain_table(results: dict[str, Any], k: int | None = None, baseline: str = "IW",
                directions: Sequence[str] = ("A->B", "B->A")) -> str:
-    """A Markdown table of each arm's gain in P@k over ``baseline``, paired by seed (the arms
-    of one seed share its warm-up, so the paired differences vary far less than the P@k):
-    rows = arms, columns = pair and direction, cells = mean ± sd over the seeds and the
-    verdict of ``paired_verdict`` (``RULE``)."""
-    k = k if k is not None else _ks(results)[0]
+    """A Markdown table of each arm's gain in P@k over ``baseline``, paired by seed
+    (``paired_step``): rows = arms, columns = pair and direction, cells = mean ± sd over the
+    seeds and the verdict of ``paired_verdict`` (``RULE``)."""
+    k = k if k is not None else first_k(results)
     metric = f"P@{k}"
     header, cells = [], {arm: [] for arm in results["arms"] if arm != baseline}
     for pair in results["pairs"]:
-        a, b = pair.split("->")
-        names = {"A": a, "B": b}
         for direction in directions:
-            header.append(f"{names[direction[0]]}→{names[direction[3]]}")
-            base = {r["seed"]: r["metrics"][direction][metric] for r in results["rows"]
-                    if r["pair"] == pair and r["arm"] == baseline}
+            header.append(direction_label(direction, pair))
             for arm in cells:
-                gains = [r["metrics"][direction][metric] - base[r["seed"]]
-                         for r in results["rows"] if r["pair"] == pair and r["arm"] == arm]
-                cells[arm].append(f"{_cell(*_mean_sd(gains))} ({paired_verdict(gains)})"
-                                  if gains else "")
+                step = paired_step(results, pair, baseline, arm, direction, k)
+                cells[arm].append(f"{_cell(step.mean, step.sd)} ({step.verdict})"
+                                  if step.n else "")
     lines = [f"Gain in {metric} over {baseline}, paired by seed (mean ± sd; verdict: {RULE})",
              "",
              "| arm | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     lines += [f"| {arm} | " + " | ".join(row) + " |" for arm, row in cells.items()]
     return "\n".join(lines) + "\n"
-
-
-def plot_ablation(results: dict[str, Any], k: int | None = None,
-                  directions: Sequence[str] = DIRECTIONS):
-    """Grouped bars of P@k (default: the first K) per direction, one panel per pair, one bar
-    per arm, error bars = sd over the seeds. Returns a matplotlib Figure (no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    k = k if k is not None else _ks(results)[0]
-    means = summarize(results)
-    arms = results["arms"]
-    fig = Figure(figsize=(7.4, 3.2 * len(means) + 0.4), layout="constrained")
-    axes = fig.subplots(len(means), 1, squeeze=False)[:, 0]  # one row per pair: page width
-    width = 0.8 / len(arms)
-    for ax, (pair, cells) in zip(axes, means.items(), strict=True):
-        a, b = pair.split("->")
-        labels = [d.replace("A", a).replace("B", b).replace("->", "→") for d in directions]
-        for i, arm in enumerate(arms):
-            values = [cells[arm][f"{d} P@{k}"] for d in directions]
-            x = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(directions))]
-            sd = [0.0 if math.isnan(v[1]) else v[1] for v in values]
-            ax.bar(x, [v[0] for v in values], width, yerr=sd, capsize=2, label=arm)
-        ax.set_xticks(range(len(directions)), labels, fontsize=9)
-        ax.set_title(pair.replace("->", " → "), fontsize=10)
-        ax.set_ylabel(f"P@{k} (%)")
-        ax.axvline(1.5, color="0.7", lw=0.8, ls="--")  # cross-domain | in-domain
-    axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return fig
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -791,6 +607,8 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
                       for r in results["rows"]]
     atomic_write_json(stable, out / "results.json")
     atomic_write_json(results["timing"], out / "timing.json")
+    from ucdir_lite.plots import plot_ablation  # matplotlib only when writing
+
     fig = plot_ablation(results)
     atomic_write(out / "ablation.png", lambda tmp: fig.savefig(
         tmp, format="png", dpi=120, metadata={"Software": None}))
@@ -809,8 +627,22 @@ def load_results(out: str | os.PathLike) -> dict[str, Any]:
     return results
 
 
+def __getattr__(name: str) -> Any:
+    """``plot_ablation`` moved to ``ucdir_lite.plots``; imported from there on first use
+    (matplotlib is not loaded with this module)."""
+    if name == "plot_ablation":
+        from ucdir_lite.plots import plot_ablation
+
+        return plot_ablation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ARMS",
+    "MARKER",
+    "direction_label",
+    "first_k",
+    "split_pair",
     "DEFAULT_PAIRS",
     "DEFAULT_SEEDS",
     "WARMUP",
@@ -825,8 +657,12 @@ __all__ = [
     "gain_table",
     "load_results",
     "pair_name",
-    "plot_ablation",
+    "Step",
+    "paired_step",
+    "paired_verdict",
+    "per_seed",
     "run_ablation",
+    "train_arms",
     "run_key",
     "summarize",
     "train_arm",

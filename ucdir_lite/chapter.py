@@ -94,7 +94,8 @@ def runtime_note(start: float, run_dirs: Iterable[str | os.PathLike | None] = ()
 
 
 def format_overrides(overrides: Mapping[str, Any]) -> str:
-    """``{'cw': True, 'se': False}`` -> ``cw=True, se=False``: a row's overrides, readable."""
+    """``{'se_weight': 0.0, 'dd_variant': 'ot'}`` -> ``se_weight=0.0, dd_variant='ot'``: a
+    row's overrides, readable."""
     return ", ".join(f"{name}={value!r}" for name, value in overrides.items())
 
 
@@ -111,7 +112,7 @@ PRESET_REASONS: dict[str, str] = {
     "cw_weight": "the SupCon term, stronger than L_IW, scored higher in tuning",
     "se_variant": "the official form also aligns the domains (chapter 4)",
     "se_weight": "weight 2 collapsed the clusters; 0.5 did not",
-    "se_tau": "the official form needs a low temperature to sharpen",
+    "tau_se": "the official form needs a low temperature to sharpen",
     "dd_variant": "the paper's form, the one chapter 5 teaches",
     "dd_weight": "stronger or earlier, L_DD cost 1-3 points of P@50 in tuning",
     "dd_start": "the matching needs settled clusters (see dd_weight)",
@@ -123,7 +124,7 @@ benchmark, one seed; ``bench/README.md`` records it). Shown on the book's differ
 
 _PRESET_FIELDS = ("arch", "optimizer", "lr", "epochs", "warmup_epochs", "batch_size", "tau_iw",
                   "m", "num_clusters", "iw_weight", "cw_variant", "cw_weight", "cw_ramp_epochs",
-                  "se_variant", "se_weight", "se_tau", "se_start", "dd_variant", "dd_weight",
+                  "se_variant", "se_weight", "tau_se", "se_start", "dd_variant", "dd_weight",
                   "dd_start", "threads")
 
 
@@ -138,10 +139,9 @@ def objective(cfg: Any) -> str:
     """The loss a config trains after the warm-up, as a LaTeX formula with its weights, e.g.
     ``\\mathcal{L} = 1\\,\\mathcal{L}_{IW} + 2\\,\\mathcal{L}_{CW} + ...``."""
     terms = []
-    for term, on, weight in (("IW", cfg.iw_weight > 0, cfg.iw_weight),
-                             ("CW", cfg.cw, cfg.cw_weight), ("SE", cfg.se, cfg.se_weight),
-                             ("DD", cfg.dd, cfg.dd_weight)):
-        if on:
+    for term, weight in (("IW", cfg.iw_weight), ("CW", cfg.cw_weight), ("SE", cfg.se_weight),
+                         ("DD", cfg.dd_weight)):
+        if weight > 0:
             terms.append(f"{weight:g}\\,\\mathcal{{L}}_{{{term}}}")
     return "\\mathcal{L} = " + " + ".join(terms)
 

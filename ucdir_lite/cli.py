@@ -49,6 +49,29 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(reports: dict[str, dict[str, Any]], metric: str,
+                      domains: Sequence[str] | None = None,
+                      directions: Sequence[str] = ("A->B", "B->A", "A->A", "B->B")) -> str:
+    """One metric (e.g. ``"P@50"``) of several retrieval reports side by side: a row per
+    report (``{name: report}``), a column per direction, named after ``domains`` (A, B) when
+    given (``ablation.direction_label``)."""
+    if domains is not None:
+        from ucdir_lite.ablation import direction_label
+
+        labels = [direction_label(d, domains) for d in directions]
+    else:
+        labels = list(directions)
+    first = max(len(metric), *(len(name) for name in reports)) + 1
+    widths = [max(len(label), 6) + 2 for label in labels]
+    lines = [f"{metric:<{first}}" + "".join(f"{h:>{w}}" for h, w in zip(labels, widths,
+                                                                        strict=True))]
+    for name, report in reports.items():
+        cells = "".join(f"{report[d][metric]:>{w}.1f}" for d, w in zip(directions, widths,
+                                                                         strict=True))
+        lines.append(f"{name:<{first}}{cells}")
+    return "\n".join(lines)
+
+
 def _config(args: argparse.Namespace):
     from ucdir_lite.config import get_preset, parse_override
 
@@ -79,7 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ucdir_lite.train import build_data, evaluate, load_run
+    from ucdir_lite.checkpoint import load_run
+    from ucdir_lite.data import build_data
+    from ucdir_lite.evaluation import evaluate
 
     encoder, cfg = load_run(args.checkpoint, device=args.device)
     overrides: dict[str, Any] = {"device": args.device}
@@ -99,15 +124,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _root(args: argparse.Namespace) -> str:
+    """The data command's destination: ``--root`` or the positional ROOT (the old scripts'
+    form); one of them is required."""
+    if args.root and args.root_arg and args.root != args.root_arg:
+        raise CLIError(f"two roots given ({args.root_arg!r} and --root {args.root!r}); give one")
+    root = args.root or args.root_arg
+    if not root:
+        raise CLIError("give the destination folder: --root PATH (or ROOT)")
+    return root
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from ucdir_lite import glyphs
 
     root = glyphs.generate_benchmark(
-        args.root, num_classes=args.num_classes, images_per_class=args.images_per_class,
+        _root(args), num_classes=args.num_classes, images_per_class=args.images_per_class,
         domains=tuple(args.domains or glyphs.DOMAINS), image_size=args.image_size, seed=args.seed,
         imbalance=args.imbalance, domain_gap=args.domain_gap, overwrite=args.overwrite,
-        progress=not args.no_progress)
-    print(f"benchmark: {root}")
+        progress=not args.no_progress, workers=args.workers)
+    print(f"benchmark: {root} ({glyphs.read_manifest(root)['num_images']} images)")
     if args.contact_sheet:
         fig = glyphs.contact_sheet(root)
         path = Path(args.contact_sheet)
@@ -120,18 +156,22 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from ucdir_lite import prepare
 
+    root = _root(args)
     if args.dataset == "domainnet":
-        root = prepare.prepare_domainnet(args.root, domains=args.domains or
-                                         prepare.DOMAINNET_DOMAINS,
-                                         classes=args.classes or prepare.DOMAINNET_SUBSET,
-                                         progress=not args.no_progress)
+        classes = args.classes or list(prepare.DOMAINNET_SUBSET)
+        root = prepare.prepare_domainnet(
+            root, domains=args.domains or prepare.DOMAINNET_DOMAINS,
+            classes=None if classes == ["all"] else classes, base_url=args.base_url,
+            keep_archives=not args.delete_archives,
+            md5s=None if args.no_verify else prepare.DOMAINNET_MD5, split=args.split,
+            progress=not args.no_progress)
     else:
         if not args.archive and not args.url:
             raise CLIError(
                 "office-home needs --archive PATH (the zip downloaded by hand from "
                 f"{prepare.OFFICE_HOME_PAGE}) or --url of a direct link"
             )
-        root = prepare.prepare_office_home(args.root, archive=args.archive, url=args.url,
+        root = prepare.prepare_office_home(root, archive=args.archive, url=args.url,
                                            md5=args.md5, progress=not args.no_progress)
     print(f"dataset: {root}")
     return 0
@@ -174,6 +214,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", "--quiet", action="store_true", dest="no_progress",
+                   help="no progress bars")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="generate or prepare data sets",
                        description="Generate the glyph benchmark or prepare real data.")
@@ -181,34 +226,54 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     g = data_sub.add_parser("generate", help="generate the glyph benchmark",
                             description="Write root/<domain>/<class>/<nnnn>.png + manifest.json.")
-    g.add_argument("--root", required=True, help="destination folder")
-    g.add_argument("--num-classes", type=int, default=30)
+    g.add_argument("root_arg", nargs="?", metavar="ROOT", help="destination folder (or --root)")
+    g.add_argument("--root", help="destination folder")
+    g.add_argument("--num-classes", type=int, default=30, help="number of classes (at most "
+                   "the glyph set's; default: %(default)s)")
     g.add_argument("--images-per-class", type=int, default=60)
     g.add_argument("--image-size", type=int, default=32)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--domains", nargs="+", help="default: all four (photo clipart sketch "
                    "quickdraw)")
-    g.add_argument("--imbalance", type=float, default=0.0)
+    g.add_argument("--imbalance", type=float, default=0.0,
+                   help="0 = balanced; r in (0, 1): the last class has (1 - r) as many")
     g.add_argument("--domain-gap", type=float, default=0.0, metavar="DEGREES",
                    help="turn every sketch glyph by this many degrees (book chapter 7)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a benchmark made with other parameters")
+    g.add_argument("--workers", type=int, help="rendering processes (default: automatic)")
     g.add_argument("--contact-sheet", metavar="PNG", help="also save a contact sheet")
-    g.add_argument("--no-progress", action="store_true")
+    _add_no_progress(g)
     g.set_defaults(func=cmd_data_generate)
 
     pr = data_sub.add_parser("prepare", help="download / unpack a real data set",
                              description="Lay out DomainNet or Office-Home as "
                              "root/<domain>/<class>/<image>.")
+    from ucdir_lite.prepare import DOMAINNET_DOMAINS, DOMAINNET_SUBSET, DOMAINNET_URL
+
     pr.add_argument("dataset", choices=("domainnet", "office-home"))
-    pr.add_argument("--root", required=True, help="destination folder")
-    pr.add_argument("--archive", help="office-home: the zip downloaded by hand")
-    pr.add_argument("--url", help="office-home: a direct link to the zip")
+    pr.add_argument("root_arg", nargs="?", metavar="ROOT", help="destination folder (or --root)")
+    pr.add_argument("--root", help="destination folder")
+    source = pr.add_mutually_exclusive_group()
+    source.add_argument("--archive", help="office-home: the zip downloaded by hand")
+    source.add_argument("--url", help="office-home: a DIRECT http(s) link to the zip (not a "
+                        "Google Drive page)")
     pr.add_argument("--md5", help="office-home: expected MD5 of the zip")
-    pr.add_argument("--domains", nargs="+", help="domainnet: domains (default: all six)")
-    pr.add_argument("--classes", nargs="+", help="domainnet: classes (default: the 7-class "
-                    "subset)")
-    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--domains", nargs="+", choices=DOMAINNET_DOMAINS, metavar="DOMAIN",
+                    help=f"domainnet: domains (default: all six: {' '.join(DOMAINNET_DOMAINS)})")
+    pr.add_argument("--classes", nargs="+", help="domainnet: class folder names, or 'all' "
+                    f"(default: the 7-class UCDIR subset {' '.join(DOMAINNET_SUBSET)})")
+    pr.add_argument("--split", choices=("train", "test", "all"),
+                    help="domainnet: keep only the images of these split files (default: every "
+                    "image of the class folders, as the official UCDIR code)")
+    pr.add_argument("--base-url", default=DOMAINNET_URL,
+                    help="domainnet: where the files are (default: %(default)s)")
+    pr.add_argument("--delete-archives", action="store_true",
+                    help="domainnet: delete each zip once its domain is prepared")
+    pr.add_argument("--no-verify", action="store_true",
+                    help="domainnet: skip the MD5 list (a third-party mirror's sums); print "
+                    "the computed MD5s instead")
+    _add_no_progress(pr)
     pr.set_defaults(func=cmd_data_prepare)
 
 

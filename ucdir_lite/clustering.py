@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["KMeansResult", "kmeans", "soft_assign", "soft_centroids"]
+__all__ = ["KMeansResult", "cosine_logits", "kmeans", "soft_assign", "soft_centroids"]
 
 
 SEED_POINTS_PER_CLUSTER = 64
@@ -211,6 +211,12 @@ def _check_z_centroids(z: Tensor, centroids: Tensor) -> None:
         )
 
 
+def cosine_logits(z: Tensor, centroids: Tensor, tau: float) -> Tensor:
+    """``sim(z_i, c_j) / tau``, (N, K), with ``sim`` the cosine similarity: the logits of
+    :func:`soft_assign`. No checks: callers check their inputs once, at their entry."""
+    return F.normalize(z, dim=1) @ F.normalize(centroids, dim=1).T / tau
+
+
 def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
     r"""Soft cluster assignment (Hu & Lee 2022; book chapter 3).
 
@@ -230,8 +236,7 @@ def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
     _check_z_centroids(z, centroids)
     if not tau > 0:
         raise ValueError(f"tau must be > 0; got {tau!r}.")
-    sim = F.normalize(z, dim=1) @ F.normalize(centroids, dim=1).T
-    return torch.softmax(sim / tau, dim=1)
+    return torch.softmax(cosine_logits(z, centroids, tau), dim=1)
 
 
 def soft_centroids(z: Tensor, p: Tensor, eps: float = 1e-8) -> Tensor:

@@ -6,15 +6,29 @@ the total loss after warm-up is (Hu & Lee 2022, with the official code's options
     L = w_IW L_IW + w_CW(e) L_CW + w_SE(e) L_SE + w_DD(e) L_DD
 
 where w_CW(e) ramps linearly from 0 to ``cw_weight`` over ``cw_ramp_epochs`` epochs after
-warm-up, and w_SE, w_DD switch on at ``se_start`` / ``dd_start``. During the warm-up only
-L_IW (weight 1) is trained.
+warm-up, and w_SE, w_DD switch on at ``se_start`` / ``dd_start`` (``TrainConfig.loss_weights``).
+During the warm-up only L_IW (weight 1) is trained. A term is off when its weight is 0; there
+is no other switch.
+
+Temperatures: ``tau_iw`` (L_IW's InfoNCE), ``tau`` (the soft assignment p_ij of a feature to
+the prototypes, book chapter 3: read by the prototype L_CW, the in-domain L_SE and the batch
+centroids of the OT L_DD), and one per official-code form: ``tau_cw`` (supcon L_CW and its
+confidence filter), ``tau_se`` (cross-domain L_SE), ``tau_dd`` (sample-level L_DD).
+
+Configs saved by earlier versions (results.json, checkpoints, cache markers) still load:
+``from_dict`` maps the old names ``supcon_tau``, ``se_tau``, ``dd_tau`` to the new ones and
+the old switches ``cw``/``se``/``dd`` to the weights (False: weight 0; True: the weight as
+saved), see ``LEGACY_NAMES``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +71,7 @@ class TrainConfig:
     centre-crops ``image_size`` (the official code: 256 then 224, ratio 256/224)."""
     batch_augment: bool | None = None
     """Keep the decoded images as one uint8 tensor and augment whole batches on the device
-    (``train.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
+    (``augment.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
     images of one size. None: on for the generated benchmark, off for real data."""
 
     # --- model ---
@@ -97,7 +111,8 @@ class TrainConfig:
     tau_iw: float = 0.2
     """InfoNCE temperature of L_IW (book chapter 2)."""
     tau: float = 0.1
-    """Temperature of the soft assignment p_ij and of L_CW, L_SE (book chapters 3-4)."""
+    """Temperature of the soft assignment p_ij of a feature to the prototypes (book chapter 3),
+    read by the prototype L_CW, the in-domain L_SE and the OT L_DD's batch centroids."""
     m: float = 0.99
     """Key-encoder momentum (MoCo: 0.999; 0.99 suits a few thousand images)."""
     key_bn_splits: int = 2
@@ -115,44 +130,38 @@ class TrainConfig:
     augmented views written at earlier steps; no extra pass over the data)."""
     iw_weight: float = 1.0
     """Weight of L_IW after warm-up (official code: 1; the tutorial's CW rows: 0)."""
-    cw: bool = True
-    """Use the cluster-wise contrastive loss L_CW."""
     cw_variant: str = "prototype"
     """prototype (the paper's form, book chapter 3) | supcon (official code: bank positives
     with the same k-means label, confidence filter)."""
     cw_weight: float = 1.0
-    """Weight of L_CW once ramped up."""
+    """Weight of the cluster-wise contrastive loss L_CW once ramped up (0: off)."""
     cw_ramp_epochs: int = 0
     """Epochs over which w_CW rises linearly after warm-up, from 0 at the warm-up's end
     (official code: w (e - 20) / 80 for 20 <= e < 100); 0: full weight at once."""
-    supcon_tau: float = 0.2
-    """Temperature of the supcon L_CW and of the prototype confidence."""
+    tau_cw: float = 0.2
+    """Temperature of the supcon L_CW and of the prototype confidence (was ``supcon_tau``)."""
     conf_threshold: float = 0.2
     """supcon only: samples whose key gives its own prototype a lower probability are left out."""
-    se: bool = True
-    """Use the self-entropy loss L_SE."""
     se_variant: str = "in_domain"
     """in_domain (the paper's form, book chapter 4) | cross_domain (official code: both
     domains' prototypes)."""
     se_weight: float = 0.01
-    """lambda_SE."""
+    """lambda_SE, the weight of the self-entropy loss L_SE (0: off)."""
     se_start: int | None = None
     """First epoch of L_SE (None: the end of warm-up)."""
-    se_tau: float = 0.05
-    """Temperature of the cross-domain L_SE."""
-    dd: bool = True
-    """Use the distance-of-distance loss L_DD."""
+    tau_se: float = 0.05
+    """Temperature of the cross-domain L_SE (was ``se_tau``)."""
     dd_variant: str = "ot"
     """ot (the paper's form, book chapter 5: Sinkhorn-matched batch centroids) | sample
     (official code)."""
     dd_weight: float = 0.1
-    """lambda_DD."""
+    """lambda_DD, the weight of the distance-of-distance loss L_DD (0: off)."""
     dd_start: int | None = None
     """First epoch of L_DD (None: the end of warm-up)."""
     ot_epsilon: float = 0.05
     """Entropic regularisation of the Sinkhorn cluster matching."""
-    dd_tau: float = 0.01
-    """Temperature of the sample-level L_DD's soft assignments."""
+    tau_dd: float = 0.01
+    """Temperature of the sample-level L_DD's soft assignments (was ``dd_tau``)."""
 
     # --- run ---
     seed: int = 0
@@ -191,20 +200,20 @@ class TrainConfig:
         self.validate()
 
     def _check_types(self) -> None:
-        """Each field's value must have its annotated type (ints are accepted for floats)."""
-        kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}
+        """Each field's value must have its declared type (ints are accepted for floats)."""
+        hints = _type_hints()
         for f in dataclasses.fields(self):
-            value, annotation = getattr(self, f.name), str(f.type)
-            if value is None and "None" in annotation:
+            value = getattr(self, f.name)
+            allowed = hints[f.name]
+            if value is None and type(None) in allowed:
                 continue
-            base = annotation.split(" | ")[0].split("[")[0]
-            expected = kinds.get(base, tuple)
-            wrong_bool = isinstance(value, bool) and base in ("int", "float")
-            if wrong_bool or not isinstance(value, expected):
+            wrong_bool = isinstance(value, bool) and bool not in allowed
+            accepted = (*allowed, int) if float in allowed else allowed  # 1 for 1.0
+            if wrong_bool or not isinstance(value, accepted):
                 raise ValueError(
-                    f"{f.name}={value!r} has the wrong type; {f.name} takes {annotation}"
+                    f"{f.name}={value!r} has the wrong type; {f.name} takes {f.type}"
                 )
-            if base == "float":
+            if float in allowed and not isinstance(value, float):
                 setattr(self, f.name, float(value))
 
     def validate(self) -> None:
@@ -219,7 +228,7 @@ class TrainConfig:
             raise ValueError(f"domains={self.domains!r}: give two different domain names")
         positive = ("num_classes", "images_per_class", "image_size", "feat_dim", "width",
                     "batch_size", "epochs", "num_clusters", "kmeans_iters", "kmeans_restarts",
-                    "eval_batch_size", "lr", "tau_iw", "tau", "supcon_tau", "se_tau", "dd_tau",
+                    "eval_batch_size", "lr", "tau_iw", "tau", "tau_cw", "tau_se", "tau_dd",
                     "ot_epsilon", "key_bn_splits")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -271,28 +280,30 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
-    # --- schedule (pure functions of the epoch) ---
-    def cw_weight_at(self, epoch: int) -> float:
-        """w_CW in force at ``epoch``: 0 in warm-up, then a linear ramp up to cw_weight."""
-        if not self.cw or epoch < self.warmup_epochs:
-            return 0.0
-        if self.cw_ramp_epochs == 0:
-            return self.cw_weight
-        return self.cw_weight * min(1.0, (epoch - self.warmup_epochs) / self.cw_ramp_epochs)
+    # --- schedule (a pure function of the epoch) ---
+    def loss_weights(self, epoch: int) -> dict[str, float]:
+        """The weights of L_IW, L_CW, L_SE, L_DD in force at ``epoch``: in warm-up L_IW alone
+        (weight 1); after it ``iw_weight``, w_CW ramping linearly from 0 to ``cw_weight`` over
+        ``cw_ramp_epochs`` (0: full at once), w_SE and w_DD from ``se_start`` / ``dd_start``
+        (None: the end of warm-up)."""
+        if epoch < self.warmup_epochs:
+            return {"iw": 1.0, "cw": 0.0, "se": 0.0, "dd": 0.0}
+        cw = self.cw_weight
+        if self.cw_ramp_epochs:
+            cw = cw * min(1.0, (epoch - self.warmup_epochs) / self.cw_ramp_epochs)
+        se_start = self.warmup_epochs if self.se_start is None else self.se_start
+        dd_start = self.warmup_epochs if self.dd_start is None else self.dd_start
+        return {
+            "iw": self.iw_weight,
+            "cw": cw,
+            "se": self.se_weight if epoch >= se_start else 0.0,
+            "dd": self.dd_weight if epoch >= dd_start else 0.0,
+        }
 
-    def se_weight_at(self, epoch: int) -> float:
-        """w_SE in force at ``epoch``."""
-        start = self.warmup_epochs if self.se_start is None else self.se_start
-        return self.se_weight if self.se and epoch >= start else 0.0
-
-    def dd_weight_at(self, epoch: int) -> float:
-        """w_DD in force at ``epoch``."""
-        start = self.warmup_epochs if self.dd_start is None else self.dd_start
-        return self.dd_weight if self.dd and epoch >= start else 0.0
-
-    def iw_weight_at(self, epoch: int) -> float:
-        """w_IW in force at ``epoch``: 1 in warm-up, iw_weight after."""
-        return 1.0 if epoch < self.warmup_epochs else self.iw_weight
+    def trains_clusters(self) -> bool:
+        """A cluster loss (L_CW, L_SE or L_DD) has a weight after warm-up."""
+        return self.epochs > self.warmup_epochs and (
+            self.cw_weight > 0 or self.se_weight > 0 or self.dd_weight > 0)
 
     # --- (de)serialisation ---
     def to_dict(self) -> dict[str, Any]:
@@ -302,7 +313,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The inverse of ``to_dict``; unknown keys raise ValueError listing the known ones."""
+        """The inverse of ``to_dict``; unknown keys raise ValueError listing the known ones.
+        A config saved by an earlier version loads (``LEGACY_NAMES``, the old switches)."""
+        data = upgrade(data)
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
             raise ValueError(
@@ -314,6 +327,36 @@ class TrainConfig:
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with some fields changed (validated; unknown keys raise ValueError)."""
         return TrainConfig.from_dict({**self.to_dict(), **overrides})
+
+
+LEGACY_NAMES = {"supcon_tau": "tau_cw", "se_tau": "tau_se", "dd_tau": "tau_dd"}
+"""Old field names (before issue 11) -> their names now."""
+_LEGACY_SWITCHES = {"cw": "cw_weight", "se": "se_weight", "dd": "dd_weight"}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's names: renamed temperatures, and the old boolean switches
+    folded into the weights (a term switched off has weight 0)."""
+    if not any(k in data for k in (*LEGACY_NAMES, *_LEGACY_SWITCHES)):
+        return data
+    out = {LEGACY_NAMES.get(k, k): v for k, v in data.items() if k not in _LEGACY_SWITCHES}
+    for switch, weight in _LEGACY_SWITCHES.items():
+        if switch in data and data[switch] is False:
+            out[weight] = 0.0
+        elif switch in data and data[switch] is not True:
+            raise ValueError(f"{switch}={data[switch]!r} has the wrong type; {switch} takes bool "
+                             f"(an old switch: set {weight}=0 to turn the term off)")
+    return out
+
+
+@functools.cache
+def _type_hints() -> dict[str, tuple[type, ...]]:
+    """Per field, the types its value may have (the dataclass annotations, evaluated)."""
+    out = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        out[name] = tuple(typing.get_origin(a) or a for a in args)
+    return out
 
 
 def field_names() -> tuple[str, ...]:
@@ -353,6 +396,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 # benchmark on a laptop; ``office-home`` / ``domainnet`` are the paper protocol (as the
 # official code runs it) for a GPU with the official code's loss variants (supcon CW,
 # cross-domain SE, sample DoD).
+_PAPER_PROTOCOL: dict[str, Any] = dict(
+    image_size=224, eval_resize_ratio=256 / 224, arch="resnet50", feat_dim=128,
+    optimizer="sgd", lr=2e-4, momentum=0.9, weight_decay=1e-4, cosine=True, batch_size=64,
+    epochs=200, warmup_epochs=20, tau_iw=0.2, m=0.999, kmeans_iters=20, kmeans_restarts=5,
+    iw_weight=1.0, cw_variant="supcon", cw_ramp_epochs=80, se_variant="cross_domain",
+    se_start=100, dd_variant="sample", dd_start=100, eval_every=20,
+)
+"""What the office-home and domainnet presets share: the official code's protocol."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         num_classes=6, images_per_class=16, batch_size=16, epochs=3, warmup_epochs=1,
@@ -374,24 +426,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         threads=1,
     ),
     "office-home": dict(
-        data_root="data/office_home", domains=("Real World", "Clipart"), image_size=224,
-        eval_resize_ratio=256 / 224,
-        arch="resnet50", feat_dim=128, optimizer="sgd", lr=2e-4, momentum=0.9,
-        weight_decay=1e-4, cosine=True, batch_size=64, epochs=200, warmup_epochs=20,
-        tau_iw=0.2, m=0.999, num_clusters=65, kmeans_iters=20, kmeans_restarts=5,
-        iw_weight=1.0, cw_variant="supcon", cw_weight=0.5, cw_ramp_epochs=80,
-        se_variant="cross_domain", se_weight=1.0, se_tau=0.01, se_start=100,
-        dd_variant="sample", dd_weight=0.5, dd_start=100, ks=(1, 5, 15), eval_every=20,
+        _PAPER_PROTOCOL, data_root="data/office_home", domains=("Real World", "Clipart"),
+        num_clusters=65, cw_weight=0.5, se_weight=1.0, tau_se=0.01,
+        dd_weight=0.5, ks=(1, 5, 15),
     ),
     "domainnet": dict(
-        data_root="data/domainnet", domains=("clipart", "sketch"), image_size=224,
-        eval_resize_ratio=256 / 224,
-        arch="resnet50", feat_dim=128, optimizer="sgd", lr=2e-4, momentum=0.9,
-        weight_decay=1e-4, cosine=True, batch_size=64, epochs=200, warmup_epochs=20,
-        tau_iw=0.2, m=0.999, num_clusters=7, kmeans_iters=20, kmeans_restarts=5,
-        iw_weight=1.0, cw_variant="supcon", cw_weight=1.0, cw_ramp_epochs=80,
-        se_variant="cross_domain", se_weight=0.5, se_tau=0.1, se_start=100,
-        dd_variant="sample", dd_weight=0.1, dd_start=100, ks=(50, 100, 200), eval_every=20,
+        _PAPER_PROTOCOL, data_root="data/domainnet", domains=("clipart", "sketch"),
+        num_clusters=7, cw_weight=1.0, se_weight=0.5, tau_se=0.1, dd_weight=0.1,
+        ks=(50, 100, 200),
     ),
 }
 
@@ -400,13 +442,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 # overrides on a preset, never a code copy. They live here, beside the presets, so that the
 # command line can list them without importing torch.
 ARMS: dict[str, dict[str, Any]] = {
-    "IW": dict(cw=False, se=False, dd=False),
-    "CW": dict(cw=True, se=False, dd=False),
-    "CW+SE": dict(cw=True, se=True, dd=False),
-    "Full": dict(cw=True, se=True, dd=True, dd_variant="ot"),
-    "Full (official DoD)": dict(cw=True, se=True, dd=True, dd_variant="sample"),
+    "IW": dict(cw_weight=0.0, se_weight=0.0, dd_weight=0.0),
+    "CW": dict(se_weight=0.0, dd_weight=0.0),
+    "CW+SE": dict(dd_weight=0.0),
+    "Full": dict(dd_variant="ot"),
+    "Full (official DoD)": dict(dd_variant="sample"),
 }
-"""The ablation rows: overrides applied on top of the preset (which sets the weights)."""
+"""The ablation rows: overrides applied on top of the preset (which sets the weights); a
+row leaves a term out by its weight 0."""
+
+POST_WARMUP_FIELDS = ("iw_weight", "tau", "num_clusters", "kmeans_iters", "kmeans_restarts",
+                      "cluster_on", "cw_variant", "cw_weight", "cw_ramp_epochs", "tau_cw",
+                      "conf_threshold", "se_variant", "se_weight", "se_start", "tau_se",
+                      "dd_variant", "dd_weight", "dd_start", "ot_epsilon", "tau_dd")
+"""The fields a run reads only after warm-up: a warm-up-only run (``ablation.warmup_config``)
+sets them to their defaults, so that every arm and every notebook of a preset shares it."""
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("clipart", "sketch"), ("photo", "sketch"))
 """The default CPU ablation: a moderate pair and a hard one (the larger style gap)."""
@@ -433,4 +483,16 @@ def smoke_mode() -> bool:
     return os.environ.get("UCDIR_SMOKE", "") == "1"
 
 
-__all__ = ["PRESETS", "TrainConfig", "field_names", "get_preset", "parse_override", "smoke_mode"]
+def book_preset(smoke: bool | None = None) -> str:
+    """The preset the book trains: ``"smoke"`` in smoke mode (``smoke``, default
+    ``smoke_mode()``), else ``"cpu"``."""
+    return "smoke" if (smoke_mode() if smoke is None else smoke) else "cpu"
+
+
+def book_config(**overrides: Any) -> TrainConfig:
+    """``get_preset(book_preset(), **overrides)``: the config every chapter starts from."""
+    return get_preset(book_preset(), **overrides)
+
+
+__all__ = ["ARMS", "POST_WARMUP_FIELDS", "PRESETS", "TrainConfig", "book_config", "book_preset",
+           "field_names", "get_preset", "parse_override", "smoke_mode", "upgrade"]

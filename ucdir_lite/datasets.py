@@ -5,9 +5,8 @@ package's generated glyph benchmark (:mod:`ucdir_lite.glyphs`) all reduce to thi
 (book chapter 1). A sample is ``(x, label, index)``: ``index`` is the image's slot in the memory
 bank (book chapter 2); ``label`` is for evaluation only, the trainer never reads it.
 
-Augmentations follow MoCo v2 / the official UCDIR code (random resized crop, flip, colour
-jitter, grayscale, blur), sized for small images. Reference: X. Chen et al., "Improved
-Baselines with Momentum Contrastive Learning", arXiv:2003.04297.
+The training augmentations (``train_transform``, re-exported here) live in
+:mod:`ucdir_lite.augment` beside their batched form; this module holds the evaluation transform.
 """
 
 from __future__ import annotations
@@ -24,12 +23,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ucdir_lite.augment import CROP_SCALE, MEAN, STD, train_transform
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# ImageNet statistics: the convention of torchvision's pretrained backbones.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-CROP_SCALE = (0.2, 1.0)
-"""Area fraction of MoCo v2's random resized crop, as in the official UCDIR code."""
 
 _HINT = "run `ucdir-lite data generate` for the built-in benchmark, or check --data-root"
 _SKIP_HINT = "in Python, DomainDataset(..., skip_bad_images=True) drops unreadable images"
@@ -257,46 +253,6 @@ def common_classes(root: str | os.PathLike, domains: Sequence[str]) -> list[str]
 # --------------------------------------------------------------------------------------------
 # transforms
 # --------------------------------------------------------------------------------------------
-def train_transform(
-    image_size: int = 32,
-    *,
-    crop_scale: tuple[float, float] = CROP_SCALE,
-    hflip: bool = True,
-    blur: bool = True,
-) -> v2.Compose:
-    """MoCo-v2-style augmentation for one view (use :class:`TwoViews` for a positive pair).
-
-    RandomResizedCrop(``crop_scale``) -> horizontal flip -> ColorJitter(0.4, 0.4, 0.4, 0.1)
-    with p=0.8 -> RandomGrayscale(0.2) -> GaussianBlur (p=0.5, kernel about a tenth of the
-    image) -> float tensor in [0, 1] -> Normalize(ImageNet mean/std).
-
-    The glyph benchmark's class list has no mirror pairs, so flips are safe on it. On other
-    glyph or character sets, ``b``/``d``, ``p``/``q``, left/right arrows and the two crescents
-    turn into each other under a flip: pass ``hflip=False`` there.
-    """
-    if image_size < 8:
-        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-    if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
-        raise ValueError(
-            f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {crop_scale}"
-        )
-    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # odd
-    steps: list = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
-    ]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-    ]
-    if blur:
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-    return v2.Compose(steps)
-
-
 def eval_transform(image_size: int = 32, *, resize_ratio: float = 1.0) -> v2.Compose:
     """Deterministic: resize the shorter side to ``image_size * resize_ratio``, center-crop
     ``image_size``, float tensor, Normalize(ImageNet mean/std). Use ``resize_ratio=256/224`` for

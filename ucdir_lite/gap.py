@@ -63,7 +63,9 @@ def run_diagnostics(run_dir: str | os.PathLike, num_clusters: int, seed: int,
     """``diagnostics.diagnose`` of a finished run's key encoder on every image of its two
     domains (k-means with ``num_clusters``, seeded with ``seed``). Stored in the run folder
     beside its metrics, so that asking again costs a file read."""
-    from ucdir_lite.train import build_data, extract_features, load_run
+    from ucdir_lite.checkpoint import load_run
+    from ucdir_lite.data import build_data
+    from ucdir_lite.evaluation import extract_features
 
     path = Path(run_dir) / _DIAG_FILE
     tag = {"version": _DIAG_VERSION, "num_clusters": num_clusters, "seed": seed}
@@ -319,7 +321,9 @@ def _project(points: Tensor) -> Tensor:
 def class_mean_geometry(run_dir: str | os.PathLike) -> tuple[Tensor, Tensor, list[str]]:
     """(C, D) L2-normalised class means of domain A and of domain B for a finished run's key
     encoder, and the class names."""
-    from ucdir_lite.train import build_data, extract_features, load_run
+    from ucdir_lite.checkpoint import load_run
+    from ucdir_lite.data import build_data
+    from ucdir_lite.evaluation import extract_features
 
     encoder, cfg = load_run(run_dir)
     data = build_data(cfg)

@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ucdir_lite.clustering import soft_assign
+from ucdir_lite.clustering import cosine_logits
 
 __all__ = [
     "instance_wise_loss",
@@ -58,6 +58,16 @@ def _check_matrix(name: str, x: torch.Tensor) -> None:
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one row.")
+
+
+def _check_features(**matrices: torch.Tensor) -> None:
+    """Each of ``matrices`` a non-empty 2-D float tensor, all with the first one's number of
+    columns (the feature dimension D)."""
+    for name, x in matrices.items():
+        _check_matrix(name, x)
+    (first, x), *others = matrices.items()
+    for name, y in others:
+        _check_same_dim(first, x, name, y)
 
 
 def _check_same_dim(name_x: str, x: torch.Tensor, name_y: str, y: torch.Tensor) -> None:
@@ -112,9 +122,9 @@ def _check_labels(name: str, labels: torch.Tensor, length: int) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _cosine_logits(z: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.Tensor:
-    """Logits ``sim(z_i, c_j) / tau`` with ``sim`` the cosine similarity: shape (N, K)."""
-    return F.normalize(z, dim=1) @ F.normalize(centroids, dim=1).T / tau
+def _assign(z: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.Tensor:
+    """``clustering.soft_assign`` without its checks (the calling loss checked its inputs)."""
+    return torch.softmax(cosine_logits(z, centroids, tau), dim=1)
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -171,12 +181,8 @@ def instance_wise_loss(
 
     References: MoCo (arXiv:1911.05722), eq. (1); UCDIR (arXiv:2207.09721), §3.1.
     """
-    _check_matrix("q", q)
-    _check_matrix("k", k)
-    _check_matrix("bank", bank)
-    _check_same_dim("q", q, "k", k)
+    _check_features(q=q, k=k, bank=bank)
     _check_same_rows("q", q, "k", k)
-    _check_same_dim("q", q, "bank", bank)
     _check_index("index", index, q.shape[0], bank.shape[0])
     _check_positive("tau", tau)
 
@@ -222,11 +228,9 @@ def cluster_wise_loss(
 
     Reference: UCDIR (arXiv:2207.09721), §3.2, eq. (3).
     """
-    _check_matrix("z", z)
-    _check_matrix("centroids", centroids)
-    _check_same_dim("z", z, "centroids", centroids)
+    _check_features(z=z, centroids=centroids)
     _check_positive("tau", tau)
-    logits = _cosine_logits(z, centroids, tau)
+    logits = cosine_logits(z, centroids, tau)
     if labels is None:
         target = logits.detach().argmax(dim=1)
     else:
@@ -274,9 +278,7 @@ def cluster_wise_supcon_loss(
 
     References: SupCon (arXiv:2004.11362), eq. (2) ("L_out"); UCDIR official code.
     """
-    _check_matrix("q", q)
-    _check_matrix("bank", bank)
-    _check_same_dim("q", q, "bank", bank)
+    _check_features(q=q, bank=bank)
     batch, slots = q.shape[0], bank.shape[0]
     _check_labels("labels", labels, batch)
     _check_labels("bank_labels", bank_labels, slots)
@@ -331,13 +333,10 @@ def prototype_confidence(
 
     Reference: UCDIR official code (github.com/conghuihu/UCDIR).
     """
-    _check_matrix("k", k)
-    _check_matrix("centroids", centroids)
-    _check_same_dim("k", k, "centroids", centroids)
+    _check_features(k=k, centroids=centroids)
     _check_index("labels", labels, k.shape[0], centroids.shape[0])
     _check_positive("tau", tau)
-    p = F.softmax(_cosine_logits(k, centroids, tau), dim=1)
-    return p.gather(1, labels.long().to(k.device)[:, None]).squeeze(1)
+    return _assign(k, centroids, tau).gather(1, labels.long().to(k.device)[:, None]).squeeze(1)
 
 
 # --------------------------------------------------------------------------- §4 self-entropy
@@ -404,19 +403,10 @@ def cross_domain_self_entropy_loss(
 
     Reference: UCDIR (arXiv:2207.09721), §3.3, and its official code.
     """
-    for name, x in (
-        ("z_a", z_a),
-        ("z_b", z_b),
-        ("centroids_a", centroids_a),
-        ("centroids_b", centroids_b),
-    ):
-        _check_matrix(name, x)
-    _check_same_dim("z_a", z_a, "z_b", z_b)
-    _check_same_dim("z_a", z_a, "centroids_a", centroids_a)
-    _check_same_dim("z_a", z_a, "centroids_b", centroids_b)
+    _check_features(z_a=z_a, z_b=z_b, centroids_a=centroids_a, centroids_b=centroids_b)
     _check_positive("tau", tau)
     entropies = [
-        _entropy(soft_assign(z, centroids, tau=tau))
+        _entropy(_assign(z, centroids, tau))
         for z in (z_a, z_b)
         for centroids in (centroids_a, centroids_b)
     ]
@@ -517,14 +507,10 @@ def sample_distance_of_distance_loss(
 
     Reference: UCDIR official code (github.com/conghuihu/UCDIR).
     """
-    _check_matrix("z", z)
-    _check_matrix("centroids_a", centroids_a)
-    _check_matrix("centroids_b", centroids_b)
-    _check_same_dim("z", z, "centroids_a", centroids_a)
-    _check_same_dim("z", z, "centroids_b", centroids_b)
+    _check_features(z=z, centroids_a=centroids_a, centroids_b=centroids_b)
     _check_positive("tau", tau)
-    p_a = F.normalize(soft_assign(z, centroids_a, tau=tau), dim=1)
-    p_b = F.normalize(soft_assign(z, centroids_b, tau=tau), dim=1)
+    p_a = F.normalize(_assign(z, centroids_a, tau), dim=1)
+    p_b = F.normalize(_assign(z, centroids_b, tau), dim=1)
     distances_a = 1 - p_a @ p_a.T
     distances_b = 1 - p_b @ p_b.T
     return (distances_a - distances_b).pow(2).sum(dim=1).mean()

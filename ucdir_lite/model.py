@@ -15,10 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from ucdir_lite.config import TrainConfig
 
 ARCHS = ("small_cnn", "resnet18", "resnet50")
 
@@ -338,3 +342,10 @@ def momentum_update(encoder_q: nn.Module, encoder_k: nn.Module, m: float = 0.999
         raise ValueError("encoder_q and encoder_k have different architectures")
     for p_q, p_k in zip(params_q, params_k, strict=True):
         p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+
+def build_model(cfg: TrainConfig) -> Encoder:
+    """The query encoder described by ``cfg`` (random head; backbone from ``cfg.weights``)."""
+    small_input = cfg.image_size <= 64 if cfg.small_input is None else cfg.small_input
+    return build_encoder(cfg.arch, cfg.feat_dim, weights=cfg.weights, small_input=small_input,
+                         width=cfg.width, hidden_dim=cfg.hidden_dim)

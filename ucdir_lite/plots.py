@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 __all__ = [
+    "plot_ablation",
     "retrieval_gallery",
     "cluster_montage",
     "embedding_projection",
@@ -860,4 +861,34 @@ def method_overview() -> Figure:
     ax.text(7.5, 8.55, "within each domain: $\\mathcal{L}_{IW}$, $\\mathcal{L}_{CW}$;   "
             "across the domains: $\\mathcal{L}_{SE}$ (official form), $\\mathcal{L}_{DD}$",
             ha="center", va="center", fontsize=9.5)
+    return fig
+
+
+def plot_ablation(results: dict[str, Any], k: int | None = None,
+                  directions: Sequence[str] | None = None) -> Figure:
+    """Grouped bars of P@k (default: the first K) per direction, one panel per pair, one bar
+    per arm, error bars = sd over the seeds, from the results of ``ablation.run_ablation``.
+    Returns a matplotlib Figure (no pyplot state)."""
+    from ucdir_lite.ablation import DIRECTIONS, direction_label, first_k, split_pair, summarize
+
+    directions = DIRECTIONS if directions is None else tuple(directions)
+    k = k if k is not None else first_k(results)
+    means = summarize(results)
+    arms = results["arms"]
+    fig = Figure(figsize=(7.4, 3.2 * len(means) + 0.4), layout="constrained")
+    axes = fig.subplots(len(means), 1, squeeze=False)[:, 0]  # one row per pair: page width
+    width = 0.8 / len(arms)
+    for ax, (pair, cells) in zip(axes, means.items(), strict=True):
+        domains = split_pair(pair)
+        labels = [direction_label(d, domains) for d in directions]
+        for i, arm in enumerate(arms):
+            values = [cells[arm][f"{d} P@{k}"] for d in directions]
+            x = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(directions))]
+            sd = [0.0 if math.isnan(v[1]) else v[1] for v in values]
+            ax.bar(x, [v[0] for v in values], width, yerr=sd, capsize=2, label=arm)
+        ax.set_xticks(range(len(directions)), labels, fontsize=9)
+        ax.set_title(" → ".join(domains), fontsize=10)
+        ax.set_ylabel(f"P@{k} (%)")
+        ax.axvline(1.5, color="0.7", lw=0.8, ls="--")  # cross-domain | in-domain
+    axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig

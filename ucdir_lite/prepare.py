@@ -123,7 +123,7 @@ OFFICE_HOME_HINT = (
     f"Office-Home cannot be downloaded automatically: its authors distribute "
     f"{OFFICE_HOME_FOLDER}.zip through a Google Drive link on {OFFICE_HOME_PAGE}. "
     f"Download the zip there by hand, then pass archive=PATH "
-    f"(or: python data_scripts/prepare_office_home.py ROOT --archive PATH)."
+    f"(or: ucdir-lite data prepare office-home --root ROOT --archive PATH)."
 )
 
 GB = 10**9

@@ -1,6 +1,6 @@
 """The run cache as one archive: ``ucdir-lite runs export`` / ``ucdir-lite runs import``.
 
-Every training run of the book lives in the run cache (``ucdir_lite.ablation``:
+Every training run of the book lives in the run cache (``ucdir_lite.runcache``:
 ``$UCDIR_RUNS``, else ``~/.cache/ucdir_lite/runs``), one folder per run,
 ``<A>-<B>-s<seed>-e<epochs>-<key>``, keyed by its config, the training code and the data. A
 fresh machine (a new Colab runtime, say) has an empty cache and would train every run again.
@@ -27,16 +27,20 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["MARKER", "finished_runs", "export_runs", "import_runs"]
+__all__ = ["MARKER", "default_cache_dir", "finished_runs", "export_runs", "import_runs"]
 
 MARKER = "cache.json"
-"""The file that marks a finished run in the cache (``ucdir_lite.ablation.MARKER``)."""
+"""The file that marks a finished run in the cache (written by ``runcache.train_cached``)."""
 _RUN_NAME = re.compile(r"^[\w.+-]+$")
 
 
-def _cache(cache_dir: str | os.PathLike | None) -> Path:
-    from ucdir_lite.ablation import default_cache_dir
+def default_cache_dir() -> Path:
+    """``$UCDIR_RUNS``, else ``~/.cache/ucdir_lite/runs`` (beside the generated data)."""
+    return Path(os.environ.get("UCDIR_RUNS") or "~/.cache/ucdir_lite/runs").expanduser()
 
+
+def _cache(cache_dir: str | os.PathLike | None) -> Path:
+    """``cache_dir`` (user folder expanded), or ``default_cache_dir()`` when None."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
