@@ -615,12 +615,14 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
     return out
 
 
-def load_results(out: str | os.PathLike) -> dict[str, Any]:
-    """The results dict written by ``run_ablation`` (``results.json``, timing re-attached)."""
+def load_results(out: str | os.PathLike, command: str = "ablate") -> dict[str, Any]:
+    """The results dict written by ``run_ablation`` (``results.json``, timing re-attached);
+    ``command`` is the ``ucdir-lite`` subcommand that writes them, named when they are missing
+    (``gap.load_gap_results`` passes ``gap-sweep``)."""
     out = Path(out).expanduser()
     path = out / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run `ucdir-lite ablate --out {out}` first")
+        raise FileNotFoundError(f"{path} not found; run `ucdir-lite {command} --out {out}` first")
     results = json.loads(path.read_text())
     timing = out / "timing.json"
     results["timing"] = json.loads(timing.read_text()) if timing.is_file() else {}

@@ -39,6 +39,7 @@ from ucdir_lite.ablation import (
     DEFAULT_SEEDS,
     WARMUP,
     _parse_pair,
+    load_results,
     paired_verdict,
     run_ablation,
 )
@@ -268,14 +269,7 @@ def diagnostics_table(results: dict[str, Any], arms: Sequence[str] | None = None
 
 def load_gap_results(out: str | os.PathLike) -> dict[str, Any]:
     """The results written by ``run_gap_sweep(out=...)`` (timing re-attached)."""
-    out = Path(out).expanduser()
-    path = out / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run `ucdir-lite gap-sweep --out {out}` first")
-    results = json.loads(path.read_text())
-    timing = out / "timing.json"
-    results["timing"] = json.loads(timing.read_text()) if timing.is_file() else {}
-    return results
+    return load_results(out, command="gap-sweep")
 
 
 # ------------------------------------------------------------------------------- figures
