@@ -56,11 +56,11 @@ from IPython.display import Code, Markdown, display
 from matplotlib.figure import Figure
 
 from ucdir_lite import chapter, gap, glyphs
-from ucdir_lite.ablation import WARMUP
-from ucdir_lite.config import get_preset, smoke_mode
+from ucdir_lite.ablation import WARMUP, direction_label
+from ucdir_lite.config import book_preset, get_preset, smoke_mode
 
 page_start = time.perf_counter()
-preset = "smoke" if smoke_mode() else "gap"
+preset = book_preset(full="gap")  # "smoke" in smoke mode
 levels = (0.0, 90.0) if smoke_mode() else gap.GAP_LEVELS
 seeds = (0, 1) if smoke_mode() else (0, 1, 2)
 cfg = get_preset(preset)
@@ -159,7 +159,7 @@ def warm(level, get):
 
 reading = []
 for label, get in (("class-mean cosine", cos),
-                   *((f"{gap.direction_label(results, d)} P@{k}", gap.precision(d, k))
+                   *((f"{direction_label(d, results['pair'])} P@{k}", gap.precision(d, k))
                      for d in ("A->B", "A->A", "B->B"))):
     before, after = warm(lo, get), warm(hi, get)
     diffs = [b - a for a, b in zip(before, after, strict=True)]
@@ -241,7 +241,7 @@ for step in dict.fromkeys(r["step"] for r in step_rows):
     for level in levels:
         v = verdicts(step, level)
         parts.append(f"{level:g}°: " + ", ".join(
-            f"{gap.direction_label(results, d)} {v[d]['mean']:+.1f} ({v[d]['verdict']})"
+            f"{direction_label(d, results['pair'])} {v[d]['mean']:+.1f} ({v[d]['verdict']})"
             for d in cross))
     lines.append(f"- **{step}**, cross-domain P@{k}: " + "; ".join(parts) + ".")
 gains = {level: all(verdicts("Full − CW+SE", level)[d]["verdict"] == "gain" for d in cross)
@@ -291,7 +291,7 @@ display(Markdown(chapter.numbered([
     f"{verdict_text}.",
     "The official sample-level form of L_DD, on the same weight: "
     + "; ".join(f"{level:g}°: " + ", ".join(
-        f"{gap.direction_label(results, d)} {v[d]['mean']:+.1f} ({v[d]['verdict']})"
+        f"{direction_label(d, results['pair'])} {v[d]['mean']:+.1f} ({v[d]['verdict']})"
         for d in cross) for level in levels
         for v in [verdicts("Full (official DoD) − CW+SE", level)])
     + " (its trivial minimum, every sample assigned alike, is discussed in chapter 6).",

@@ -483,10 +483,10 @@ def smoke_mode() -> bool:
     return os.environ.get("UCDIR_SMOKE", "") == "1"
 
 
-def book_preset(smoke: bool | None = None) -> str:
+def book_preset(smoke: bool | None = None, full: str = "cpu") -> str:
     """The preset the book trains: ``"smoke"`` in smoke mode (``smoke``, default
-    ``smoke_mode()``), else ``"cpu"``."""
-    return "smoke" if (smoke_mode() if smoke is None else smoke) else "cpu"
+    ``smoke_mode()``), else ``full`` (``"cpu"``; chapter 7 passes ``"gap"``)."""
+    return "smoke" if (smoke_mode() if smoke is None else smoke) else full
 
 
 def book_config(**overrides: Any) -> TrainConfig:

@@ -39,6 +39,7 @@ from ucdir_lite.ablation import (
     DEFAULT_SEEDS,
     WARMUP,
     _parse_pair,
+    direction_label,
     load_results,
     paired_verdict,
     run_ablation,
@@ -209,12 +210,8 @@ def _cell(values: Sequence[float], fmt: str = ".1f") -> str:
     return f"{statistics.fmean(values):{fmt}} ± {sd:{fmt}}"
 
 
-def direction_label(results: dict[str, Any], direction: str) -> str:
-    """``"A->B"`` -> ``"clipart→sketch"`` for the sweep's pair."""
-    a, b = results["pair"]
-    names = {"A": a, "B": b}
-    src, dst = direction.split("->")
-    return f"{names[src]}→{names[dst]}"
+def _label(results: dict[str, Any], direction: str) -> str:
+    return direction_label(direction, results["pair"])
 
 
 def gap_table(results: dict[str, Any], k: int | None = None,
@@ -224,7 +221,7 @@ def gap_table(results: dict[str, Any], k: int | None = None,
     k = first_k(results, k)
     arms = (WARMUP, *results["arms"]) if arms is None else arms
     directions = ("A->B", "B->A", "A->A", "B->B")
-    head = ["gap (°)", "arm", *(f"{direction_label(results, d)} P@{k}" for d in directions)]
+    head = ["gap (°)", "arm", *(f"{_label(results, d)} P@{k}" for d in directions)]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(directions)]
     for level in results["levels"]:
         for arm in arms:
@@ -237,7 +234,7 @@ def step_table(results: dict[str, Any], k: int | None = None) -> str:
     """Markdown: each step at each level, paired by seed (mean ± sd, verdict)."""
     rows = steps(results, k)
     directions = list(dict.fromkeys(r["direction"] for r in rows))
-    head = ["gap (°)", "step", *(direction_label(results, d) for d in directions)]
+    head = ["gap (°)", "step", *(_label(results, d) for d in directions)]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(directions)]
     for level in results["levels"]:
         for step in dict.fromkeys(r["step"] for r in rows):
@@ -296,7 +293,7 @@ def plot_steps(results: dict[str, Any], k: int | None = None,
             ax.axhline(0.0, color="0.5", lw=0.8)
             ax.tick_params(labelsize=9)
             if i == 0:
-                ax.set_title(direction_label(results, d), fontsize=10)
+                ax.set_title(_label(results, d), fontsize=10)
             if j == 0:
                 ax.set_ylabel(f"{step}\n(points of P@{k})", fontsize=9)
     for ax in axes[-1]:
@@ -365,7 +362,6 @@ __all__ = [
     "class_mean_geometry",
     "diagnostic",
     "diagnostics_table",
-    "direction_label",
     "first_k",
     "gap_table",
     "load_gap_results",
