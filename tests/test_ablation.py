@@ -22,16 +22,6 @@ THREADS = 1
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Generated smoke data in a temporary folder, and a run cache shared by the module."""
-    root = tmp_path_factory.mktemp("ablation")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UCDIR_DATA", str(root / "data"))
-        mp.delenv("UCDIR_RUNS", raising=False)
-        yield root
-
-
-@pytest.fixture(scope="module")
 def first(env):
     """One smoke ablation (1 pair, 1 seed, every arm), trained in this process."""
     return ab.run_ablation([PAIR], [0], preset="smoke", out=env / "out", jobs=1, threads=THREADS,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import ucdir_lite.evaluation as evaluation
 import ucdir_lite.runcache as runcache
 import ucdir_lite.train as train_mod
@@ -13,16 +11,6 @@ from ucdir_lite.config import get_preset
 from ucdir_lite.runs import MARKER
 
 PAIR = ("clipart", "sketch")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Generated smoke data in a temporary folder."""
-    root = tmp_path_factory.mktemp("runcache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UCDIR_DATA", str(root / "data"))
-        mp.delenv("UCDIR_RUNS", raising=False)
-        yield root
 
 
 def test_code_digest_ignores_docstrings_and_comments():
