@@ -1,5 +1,7 @@
 """The UCDIR training loop: warm-up on L_IW, then the cluster losses (book chapter 6).
 
+The loop, in outline::
+
     for epoch in range(start, epochs):
         re-seed from (seed, epoch); set the lr and the loss weights (cfg.loss_weights)
         after warm-up: k-means on each domain -> prototypes, pseudo-labels (objective.py)
