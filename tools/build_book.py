@@ -189,7 +189,7 @@ def write_generated(dest: Path = GENERATED) -> list[Path]:
             path.write_text(text)
         written.append(path)
     figure = dest / "method_overview.png"
-    plots.method_overview().savefig(figure, dpi=150, metadata={"Software": None})
+    plots.save_png(plots.method_overview(), figure, dpi=150)
     return [*written, figure]
 
 

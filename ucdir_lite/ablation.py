@@ -607,11 +607,9 @@ def write_results(results: dict[str, Any], out: str | os.PathLike) -> Path:
                       for r in results["rows"]]
     atomic_write_json(stable, out / "results.json")
     atomic_write_json(results["timing"], out / "timing.json")
-    from ucdir_lite.plots import plot_ablation  # matplotlib only when writing
+    from ucdir_lite.plots import plot_ablation, save_png  # matplotlib only when writing
 
-    fig = plot_ablation(results)
-    atomic_write(out / "ablation.png", lambda tmp: fig.savefig(
-        tmp, format="png", dpi=120, metadata={"Software": None}))
+    save_png(plot_ablation(results), out / "ablation.png")
     return out
 
 

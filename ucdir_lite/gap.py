@@ -46,7 +46,7 @@ from ucdir_lite.ablation import (
 )
 from ucdir_lite.diagnostics import class_means, diagnose
 from ucdir_lite.glyphs import GAP_DOMAIN
-from ucdir_lite.utils import atomic_write, atomic_write_json, atomic_write_text
+from ucdir_lite.utils import atomic_write_json, atomic_write_text
 
 GAP_LEVELS: tuple[float, ...] = (0.0, 45.0, 90.0)
 """The sweep's gap levels: degrees by which the sketch glyphs are turned."""
@@ -152,9 +152,9 @@ def run_gap_sweep(
         atomic_write_json(results["timing"], out / "timing.json")
         atomic_write_text(gap_table(results) + "\n" + step_table(results) + "\n"
                           + diagnostics_table(results), out / "table.md")
-        fig = plot_steps(results)
-        atomic_write(out / "steps.png", lambda tmp: fig.savefig(
-            tmp, format="png", dpi=120, metadata={"Software": None}))
+        from ucdir_lite.plots import save_png
+
+        save_png(plot_steps(results), out / "steps.png")
     return results
 
 

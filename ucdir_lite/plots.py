@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 __all__ = [
+    "save_png",
     "plot_ablation",
     "retrieval_gallery",
     "cluster_montage",
@@ -39,6 +40,18 @@ DIRECTION_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:gray")
 DOMAIN_MARKERS = ("o", "^")
 TERM_NAMES = {"iw": r"$\mathcal{L}_{IW}$", "cw": r"$\mathcal{L}_{CW}$",
               "se": r"$\mathcal{L}_{SE}$", "dd": r"$\mathcal{L}_{DD}$"}
+
+
+# ------------------------------------------------------------------------------- saving
+
+
+def save_png(fig: Figure, path: Any, dpi: int = 120) -> Any:
+    """Write ``fig`` to ``path`` as a PNG, atomically (``utils.atomic_write``) and without the
+    Software tag (matplotlib's version), so that the same figure gives the same bytes."""
+    from ucdir_lite.utils import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(
+        tmp, format="png", dpi=dpi, metadata={"Software": None}))
 
 
 # ------------------------------------------------------------------------------- input checks
