@@ -22,11 +22,12 @@ the domains differ most).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ from ucdir_lite.ablation import (
     paired_verdict,
     run_ablation,
 )
+from ucdir_lite.checkpoint import load_run
+from ucdir_lite.config import TrainConfig, get_preset
+from ucdir_lite.data import DomainData, build_data
 from ucdir_lite.diagnostics import class_means, diagnose
+from ucdir_lite.evaluation import extract_features
 from ucdir_lite.glyphs import GAP_DOMAIN
 from ucdir_lite.utils import atomic_write_json, atomic_write_text
 
@@ -60,30 +65,31 @@ _DIAG_FILE = "diagnostics.json"
 _DIAG_VERSION = 1  # bump when diagnose() changes what it measures
 
 
-def run_diagnostics(run_dir: str | os.PathLike, num_clusters: int, seed: int,
-                    data_cache: dict | None = None) -> dict[str, float]:
-    """``diagnostics.diagnose`` of a finished run's key encoder on every image of its two
-    domains (k-means with ``num_clusters``, seeded with ``seed``). Stored in the run folder
-    beside its metrics, so that asking again costs a file read."""
-    from ucdir_lite.checkpoint import load_run
-    from ucdir_lite.data import build_data
-    from ucdir_lite.evaluation import extract_features
+def run_features(run_dir: str | os.PathLike,
+                 data: Callable[[], list[DomainData]] | None = None,
+                 ) -> tuple[TrainConfig, list[DomainData], list[tuple[Tensor, Tensor]]]:
+    """A finished run's config, its two domains' data, and its key encoder's ``(features,
+    labels)`` of every image of each domain (eval mode, no augmentation). ``data``: returns
+    the run's data, for runs that share it (the runs of one sweep level); None builds it from
+    the run's config."""
+    encoder, cfg = load_run(run_dir)
+    sets = build_data(cfg) if data is None else data()
+    return cfg, sets, [extract_features(encoder, d.eval_data) for d in sets]
 
+
+def run_diagnostics(run_dir: str | os.PathLike, num_clusters: int, seed: int,
+                    data: Callable[[], list[DomainData]] | None = None) -> dict[str, float]:
+    """``diagnostics.diagnose`` of a finished run's key encoder on every image of its two
+    domains (k-means with ``num_clusters``, seeded with ``seed``; ``data`` as in
+    ``run_features``). Stored in the run folder beside its metrics, so that asking again
+    costs a file read."""
     path = Path(run_dir) / _DIAG_FILE
     tag = {"version": _DIAG_VERSION, "num_clusters": num_clusters, "seed": seed}
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("tag") == tag:
             return stored["values"]
-    encoder, cfg = load_run(run_dir)
-    key = json.dumps({k: v for k, v in cfg.to_dict().items()
-                      if k in ("domains", "num_classes", "images_per_class", "image_size",
-                               "data_seed", "domain_gap", "data_root", "classes")},
-                     sort_keys=True)
-    data_cache = {} if data_cache is None else data_cache
-    if key not in data_cache:
-        data_cache[key] = build_data(cfg)
-    feats = [extract_features(encoder, d.eval_data) for d in data_cache[key]]
+    cfg, _, feats = run_features(run_dir, data)
     values = diagnose(*feats[0], *feats[1], num_clusters=num_clusters, seed=seed,
                       epsilon=cfg.ot_epsilon)
     atomic_write_json({"tag": tag, "values": values}, path)
@@ -116,8 +122,6 @@ def run_gap_sweep(
         (level, seed, arm), the warm-up included, each with its retrieval ``metrics`` and
         ``diagnostics``.
     """
-    from ucdir_lite.config import get_preset
-
     levels, seeds = [float(v) for v in levels], [int(s) for s in seeds]
     if not levels:
         raise ValueError("give at least one gap level, e.g. --levels 0 45 90")
@@ -126,16 +130,20 @@ def run_gap_sweep(
         raise ValueError(f"pair {pair}: the gap turns the {GAP_DOMAIN!r} domain, so the pair "
                          f"must include it, e.g. clipart:{GAP_DOMAIN}")
     num_clusters = get_preset(preset).num_clusters
-    rows, wall, trained, data_cache = [], 0.0, 0, {}
+    rows, wall, trained = [], 0.0, 0
     start = time.perf_counter()
     for level in levels:
+        overrides = {"domain_gap": level}
         res = run_ablation([pair], seeds, preset=preset, out=None, arms=arms, jobs=jobs,
-                           overrides={"domain_gap": level}, cache_dir=cache_dir,
-                           progress=progress)
+                           overrides=overrides, cache_dir=cache_dir, progress=progress)
         wall += res["timing"]["wall_s"]
         trained += res["timing"]["runs_trained"]
+        # every run of a level reads the same images (seeds and arms change no data field):
+        # built once, and only if some run's diagnostics are not stored yet
+        data = functools.cache(functools.partial(
+            build_data, get_preset(preset, **overrides, domains=pair)))
         for row in res["rows"]:
-            diag = run_diagnostics(row["run_dir"], num_clusters, row["seed"], data_cache)
+            diag = run_diagnostics(row["run_dir"], num_clusters, row["seed"], data)
             rows.append({"level": level, "seed": row["seed"], "arm": row["arm"],
                          "metrics": row["metrics"], "diagnostics": diag,
                          "run_dir": row["run_dir"]})
@@ -312,18 +320,10 @@ def _project(points: Tensor) -> Tensor:
 def class_mean_geometry(run_dir: str | os.PathLike) -> tuple[Tensor, Tensor, list[str]]:
     """(C, D) L2-normalised class means of domain A and of domain B for a finished run's key
     encoder, and the class names."""
-    from ucdir_lite.checkpoint import load_run
-    from ucdir_lite.data import build_data
-    from ucdir_lite.evaluation import extract_features
-
-    encoder, cfg = load_run(run_dir)
-    data = build_data(cfg)
-    means = []
-    for d in data:
-        z, y = extract_features(encoder, d.eval_data)
-        classes = sorted(set(y.tolist()))
-        means.append(F.normalize(class_means(F.normalize(z, dim=1), y, classes), dim=1))
-    return means[0], means[1], list(data[0].eval_set.classes)
+    _, sets, feats = run_features(run_dir)
+    means = [F.normalize(class_means(F.normalize(z, dim=1), y, sorted(set(y.tolist()))), dim=1)
+             for z, y in feats]
+    return means[0], means[1], list(sets[0].eval_set.classes)
 
 
 def plot_class_means(panels: Sequence[tuple[str, Tensor, Tensor]], names: Sequence[str],
@@ -369,6 +369,7 @@ __all__ = [
     "plot_steps",
     "precision",
     "run_diagnostics",
+    "run_features",
     "run_gap_sweep",
     "step_table",
     "steps",
