@@ -267,7 +267,7 @@ def with_gap(params: GlyphParams, domain_gap: float) -> GlyphParams:
     Turning the content of one domain moves its features away from the other domain's (a
     CNN's features are not rotation invariant, and no augmentation rotates) while each domain
     keeps its own structure: the same glyphs, the same style, the same within-class variety.
-    Chosen by measurement among six candidates (``bench/gap_candidates.py``; book chapter 7).
+    Chosen by measurement among seven candidates (``bench/gap_candidates.py``; book chapter 7).
     The style's random draws do not depend on it, so ``domain_gap=0`` is the default benchmark.
     """
     if domain_gap == 0 or params.domain != GAP_DOMAIN:
