@@ -329,3 +329,112 @@ def test_method_overview_is_legible() -> None:
     assert fig.get_figwidth() <= 7.6
     sizes = [t.get_fontsize() for ax in fig.axes for t in ax.texts]
     assert sizes and min(sizes) >= 9
+
+
+# ------------------------------------------------------------------------------- refusals
+
+
+def _refusals():
+    """(call, the message users see today): every input plots.py refuses, verbatim."""
+    z, y = np.eye(3), np.array([0, 1, 2])
+    img = np.zeros((3, 4, 4))
+    p = np.full((2, 3), 1 / 3)
+    hist = [{"epoch": 0, "losses": {"iw": 1.0}}]
+    report = {"A->B": {"P@50": 1.0}, "B->A": {"P@50": 2.0}}
+    gallery = dict(query_images=img, gallery_images=img, feats_q=z, feats_g=z, labels_q=y,
+                   labels_g=y, k=2, n_queries=2)
+    proj = dict(feats_a=z, feats_b=z, labels_a=y, labels_b=y)
+    return [
+        (lambda: plots.retrieval_gallery(**{**gallery, "feats_q": [["x"]]}),
+         "feats_q must be an array or tensor of numbers (could not convert string to float: "
+         "'x')"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "feats_q": z[0]}),
+         "feats_q must have 2 dimensions, got shape (3,)"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "feats_q": z * np.nan}),
+         "feats_q contains NaN or inf; pass finite values"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "feats_q": np.zeros((0, 3)),
+                                            "labels_q": y[:0]}),
+         "feats_q is empty (shape (0, 3)); pass at least one row"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "labels_g": y[:2]}),
+         "labels_g has 2 entries but feats_g has 3 rows; pass one label per feature row"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "feats_g": np.eye(3, 2)}),
+         "feats_q has dimension 3 and feats_g 2; both domains must be encoded by the same "
+         "model"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "k": 4}),
+         "k=4 must lie in [1, 3] (the gallery size)"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "n_queries": 0}),
+         "n_queries=0 must lie in [1, 3] (the queries)"),
+        (lambda: plots.retrieval_gallery(**gallery, query_indices=[3]),
+         "query_indices=[3] must be non-empty and lie in [0, 3)"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "query_images": np.zeros((3, 4))}),
+         "query_images must be (N, C, H, W), (N, H, W, C) or (N, H, W), got shape (3, 4)"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "gallery_images": img[:2]}),
+         "gallery_images holds 2 images but its features have 3 rows; pass the images in the "
+         "order of the features"),
+        (lambda: plots.retrieval_gallery(**{**gallery, "gallery_images": [np.zeros(4)] * 3}),
+         "gallery_images: each image must be (H, W) or (H, W, 3), got (4,)"),
+        (lambda: plots.cluster_montage(img[:0], y[:0]),
+         "cluster_labels is empty; pass one cluster id per image"),
+        (lambda: plots.cluster_montage(img, y, y[:2]),
+         "class_labels has 2 entries but cluster_labels 3; pass one of each per image"),
+        (lambda: plots.cluster_montage(img, y, n_per_cluster=0),
+         "n_per_cluster=0 must be >= 1"),
+        (lambda: plots.cluster_montage(img, y, n_clusters=0), "n_clusters=0 must be >= 1"),
+        (lambda: plots.cluster_montage(img, y, clusters=[5]),
+         "clusters [5] hold no image; pick from [0, 1, 2]"),
+        (lambda: plots.embedding_projection(**proj, method="umap"),
+         "method='umap': use 'pca' or 'tsne'"),
+        (lambda: plots.embedding_projection(**proj, domain_names=("A",)),
+         "domain_names=('A',): give two names, A's and B's"),
+        (lambda: plots.embedding_projection(**proj, max_points=0),
+         "max_points=0 must be >= 1"),
+        (lambda: plots.embedding_projection(z[:1], z[:1], y[:1], y[:1]),
+         "need at least 3 points to project, got 2"),
+        (lambda: plots.heatmap(np.zeros((0, 2)), "t"),
+         "matrix is empty; pass at least one non-empty 2-D matrix"),
+        (lambda: plots.heatmap([z, z], ["t"]), "got 2 matrices but 1 titles; give one each"),
+        (lambda: plots.heatmap(z, "t", marks=[0, 1, 3]),
+         "marks must hold one column index in [0, 3) per row of the 3x3 matrix, got [0, 1, 3]"),
+        (lambda: plots.heatmap(z, "t", yticklabels=["a"]),
+         "yticklabels has 1 names but the matrix has 3 rows; give one per row"),
+        (lambda: plots.heatmap(z, "t", ncols=0), "ncols=0 must be >= 1"),
+        (lambda: plots.heatmap([z[0]], "t"), "matrix[0] must have 2 dimensions, got shape (3,)"),
+        (lambda: plots.entropy_histogram(p[:, :1], p),
+         "p_before must be (N, K) with N >= 1 and K >= 2, got shape (2, 1)"),
+        (lambda: plots.entropy_histogram(-p, p),
+         "p_before has negative entries; pass probabilities (a softmax), not logits"),
+        (lambda: plots.entropy_histogram(p, 2 * p),
+         "the rows of p_after must sum to 1 (error 1); pass soft assignments"),
+        (lambda: plots.entropy_histogram(p, np.full((2, 2), 0.5)),
+         "p_before has K=3 clusters and p_after K=2; compare assignments to the same number "
+         "of clusters"),
+        (lambda: plots.entropy_histogram(p, p, labels=("a",)),
+         "labels=('a',): give two names"),
+        (lambda: plots.entropy_histogram(p, p, bins=0), "bins=0 must be >= 1"),
+        (lambda: plots.training_curves("history"),
+         "history must be a non-empty list of per-epoch dicts (TrainResult.history), got str"),
+        (lambda: plots.training_curves([{"epoch": 0}]),
+         "history[0] must be a dict with 'epoch' and 'losses' (as train() writes), got "
+         "{'epoch': 0}"),
+        (lambda: plots.training_curves([{"epoch": 0, "losses": {"total": 1.0}}]),
+         "history records no loss terms and no metrics: nothing to plot"),
+        (lambda: plots.precision_bars({}),
+         "reports must be a non-empty dict: run name -> retrieval report"),
+        (lambda: plots.precision_bars({"IW": {}}),
+         "reports['IW'] must be a retrieval report dict, got {}"),
+        (lambda: plots.precision_bars({"IW": report}, "mAP"),
+         "reports['IW'] has no 'mAP' for 'A->B'; pass reports from retrieval_report with that "
+         "K, or another metric"),
+        (lambda: plots.training_curves(hist), None),  # accepted: the fixtures are valid
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_refusals())))
+def test_every_refusal_keeps_its_message(case):
+    call, message = _refusals()[case]
+    if message is None:
+        assert isinstance(call(), Figure)
+        return
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message

@@ -55,10 +55,18 @@ def save_png(fig: Figure, path: Any, dpi: int = 120) -> Any:
 
 
 # ------------------------------------------------------------------------------- input checks
+# Every public function checks its inputs here, once, before it draws; each refusal names the
+# argument, what it got and what to pass instead.
+
+
+def _require(ok: bool, message: str) -> None:
+    """Refuse an input: ``ValueError(message)`` unless ``ok``."""
+    if not ok:
+        raise ValueError(message)
 
 
 def _array(name: str, x: Any, ndim: int | tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
-    """``x`` as a numpy array of ``dtype`` with ``ndim`` dimensions, else a ValueError."""
+    """``x`` (array, tensor or nested sequence) as finite numpy ``dtype`` with ``ndim`` dims."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
@@ -66,87 +74,58 @@ def _array(name: str, x: Any, ndim: int | tuple[int, ...], dtype: type = np.floa
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be an array or tensor of numbers ({err})") from err
     ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if out.ndim not in ndims:
-        raise ValueError(
-            f"{name} must have {' or '.join(map(str, ndims))} dimensions, got shape "
-            f"{out.shape}"
-        )
-    if out.size and not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or inf; pass finite values")
+    _require(out.ndim in ndims, f"{name} must have {' or '.join(map(str, ndims))} dimensions, "
+             f"got shape {out.shape}")
+    _require(not out.size or np.isfinite(out).all(), f"{name} contains NaN or inf; pass finite "
+             "values")
     return out
 
 
-def _features_and_labels(name: str, feats: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Check features (N, D) and labels (N,) and return them as numpy arrays."""
-    z = _array(f"feats_{name}", feats, 2)
-    y = _array(f"labels_{name}", labels, 1, dtype=np.int64)
-    if z.shape[0] == 0:
-        raise ValueError(f"feats_{name} is empty (shape {z.shape}); pass at least one row")
-    if y.shape[0] != z.shape[0]:
-        raise ValueError(
-            f"labels_{name} has {y.shape[0]} entries but feats_{name} has {z.shape[0]} rows; "
-            "pass one label per feature row"
-        )
-    return z, y
+def _domains(names: tuple[str, str], *feats_and_labels: Any) -> list[np.ndarray]:
+    """``[z_1, y_1, z_2, y_2]`` from ``feats_1, labels_1, feats_2, labels_2``: features
+    (N, D) with one integer label each, the same D in both domains (named ``names``)."""
+    out = []
+    for name, feats, labels in zip(names, feats_and_labels[::2], feats_and_labels[1::2],
+                                   strict=True):
+        z, y = _array(f"feats_{name}", feats, 2), _array(f"labels_{name}", labels, 1, np.int64)
+        _require(len(z) > 0, f"feats_{name} is empty (shape {z.shape}); pass at least one row")
+        _require(len(y) == len(z), f"labels_{name} has {len(y)} entries but feats_{name} has "
+                 f"{len(z)} rows; pass one label per feature row")
+        out += [z, y]
+    _require(out[0].shape[1] == out[2].shape[1], f"feats_{names[0]} has dimension "
+             f"{out[0].shape[1]} and feats_{names[1]} {out[2].shape[1]}; both domains must be "
+             "encoded by the same model")
+    return out
 
 
-def _feature_pair(
-    first: tuple[str, Any, Any], second: tuple[str, Any, Any]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``_features_and_labels`` of two domains given as ``(name, feats, labels)``, which must
-    share the feature dimension; returns ``(z_1, y_1, z_2, y_2)``."""
-    (name_1, *pair_1), (name_2, *pair_2) = first, second
-    z_1, y_1 = _features_and_labels(name_1, *pair_1)
-    z_2, y_2 = _features_and_labels(name_2, *pair_2)
-    if z_1.shape[1] != z_2.shape[1]:
-        raise ValueError(
-            f"feats_{name_1} has dimension {z_1.shape[1]} and feats_{name_2} {z_2.shape[1]}; "
-            "both domains must be encoded by the same model"
-        )
-    return z_1, y_1, z_2, y_2
+def _images(name: str, images: Any, n: int) -> list[np.ndarray]:
+    """``n`` displayable images (H, W, 3) or (H, W) with values in [0, 1], from a tensor or
+    array (N, C, H, W) with C in {1, 3}, (N, H, W, C) or (N, H, W), or a sequence of PIL
+    images / arrays. uint8 is divided by 255; floats outside [0, 1] (e.g. normalised network
+    inputs) are rescaled per image to [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        _require(images.ndim in (3, 4), f"{name} must be (N, C, H, W), (N, H, W, C) or "
+                 f"(N, H, W), got shape {images.shape}")
+        if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+            images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    items = [np.asarray(img) for img in images]
+    _require(len(items) == n, f"{name} holds {len(items)} images but its features have {n} "
+             "rows; pass the images in the order of the features")
+    out = []
+    for a in items:
+        a = a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
+        _require(a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3), f"{name}: each image must "
+                 f"be (H, W) or (H, W, 3), got {a.shape}")
+        a = a / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
+        out.append((a - a.min()) / max(a.max() - a.min(), 1e-12) if a.min() < 0 or a.max() > 1
+                   else a)
+    return out
 
 
 def _normalize(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-
-def _images(name: str, images: Any, n: int) -> list[np.ndarray]:
-    """A list of ``n`` displayable images (H, W, 3) or (H, W) with values in [0, 1].
-
-    Accepts a tensor or array (N, C, H, W) with C in {1, 3}, (N, H, W, C) or (N, H, W), or
-    a sequence of PIL images / arrays. uint8 values are divided by 255; float images outside
-    [0, 1] (e.g. normalised network inputs) are rescaled per image to [0, 1].
-    """
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray):
-        if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
-            images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-        if images.ndim not in (3, 4):
-            raise ValueError(
-                f"{name} must be (N, C, H, W), (N, H, W, C) or (N, H, W), got shape "
-                f"{images.shape}"
-            )
-        items = list(images)
-    else:
-        items = [np.asarray(img) for img in images]
-    if len(items) != n:
-        raise ValueError(
-            f"{name} holds {len(items)} images but its features have {n} rows; pass the "
-            "images in the order of the features"
-        )
-    out = []
-    for img in items:
-        a = np.asarray(img)
-        if a.ndim == 3 and a.shape[-1] == 1:
-            a = a[..., 0]
-        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
-            raise ValueError(f"{name}: each image must be (H, W) or (H, W, 3), got {a.shape}")
-        a = a.astype(np.float64) / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
-        if a.min() < 0 or a.max() > 1:
-            a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
-        out.append(a)
-    return out
 
 
 def _bare(ax: Axes) -> None:
@@ -198,16 +177,15 @@ def retrieval_gallery(
     Returns:
         A figure with ``n_queries * (k + 1)`` axes, one per image.
     """
-    z_q, y_q, z_g, y_g = _feature_pair(("q", feats_q, labels_q), ("g", feats_g, labels_g))
-    if not 1 <= k <= len(z_g):
-        raise ValueError(f"k={k} must lie in [1, {len(z_g)}] (the gallery size)")
+    z_q, y_q, z_g, y_g = _domains(("q", "g"), feats_q, labels_q, feats_g, labels_g)
+    _require(1 <= k <= len(z_g), f"k={k} must lie in [1, {len(z_g)}] (the gallery size)")
     if query_indices is None:
-        if not 1 <= n_queries <= len(z_q):
-            raise ValueError(f"n_queries={n_queries} must lie in [1, {len(z_q)}] (the queries)")
+        _require(1 <= n_queries <= len(z_q),
+                 f"n_queries={n_queries} must lie in [1, {len(z_q)}] (the queries)")
         query_indices = np.linspace(0, len(z_q) - 1, n_queries).round().astype(int).tolist()
     rows = [int(i) for i in query_indices]
-    if not rows or min(rows) < 0 or max(rows) >= len(z_q):
-        raise ValueError(f"query_indices={rows} must be non-empty and lie in [0, {len(z_q)})")
+    _require(bool(rows) and 0 <= min(rows) and max(rows) < len(z_q),
+             f"query_indices={rows} must be non-empty and lie in [0, {len(z_q)})")
     imgs_q = _images("query_images", query_images, len(z_q))
     imgs_g = _images("gallery_images", gallery_images, len(z_g))
 
@@ -281,27 +259,21 @@ def cluster_montage(
         A figure with ``len(clusters) * n_per_cluster`` axes.
     """
     assign = _array("cluster_labels", cluster_labels, 1, dtype=np.int64)
-    if len(assign) == 0:
-        raise ValueError("cluster_labels is empty; pass one cluster id per image")
+    _require(len(assign) > 0, "cluster_labels is empty; pass one cluster id per image")
     truth = None
     if class_labels is not None:
         truth = _array("class_labels", class_labels, 1, dtype=np.int64)
-        if len(truth) != len(assign):
-            raise ValueError(
-                f"class_labels has {len(truth)} entries but cluster_labels {len(assign)}; "
-                "pass one of each per image"
-            )
-    if n_per_cluster < 1:
-        raise ValueError(f"n_per_cluster={n_per_cluster} must be >= 1")
+        _require(len(truth) == len(assign), f"class_labels has {len(truth)} entries but "
+                 f"cluster_labels {len(assign)}; pass one of each per image")
+    _require(n_per_cluster >= 1, f"n_per_cluster={n_per_cluster} must be >= 1")
     ids, sizes = np.unique(assign, return_counts=True)
     if clusters is None:
-        if n_clusters < 1:
-            raise ValueError(f"n_clusters={n_clusters} must be >= 1")
+        _require(n_clusters >= 1, f"n_clusters={n_clusters} must be >= 1")
         clusters = ids[np.argsort(-sizes, kind="stable")][:n_clusters].tolist()
     rows = [int(c) for c in clusters]
     missing = [c for c in rows if c not in set(ids.tolist())]
-    if not rows or missing:
-        raise ValueError(f"clusters {missing or rows} hold no image; pick from {ids.tolist()}")
+    _require(bool(rows) and not missing,
+             f"clusters {missing or rows} hold no image; pick from {ids.tolist()}")
     imgs = _images("images", images, len(assign))
 
     fig = Figure(figsize=(cell_inches * n_per_cluster + 1.2, cell_inches * len(rows) + 0.5),
@@ -400,19 +372,16 @@ def embedding_projection(
     Returns:
         A figure with 2 axes.
     """
-    z_a, y_a, z_b, y_b = _feature_pair(("a", feats_a, labels_a), ("b", feats_b, labels_b))
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method={method!r}: use 'pca' or 'tsne'")
-    if len(domain_names) != 2:
-        raise ValueError(f"domain_names={domain_names!r}: give two names, A's and B's")
-    if max_points < 1:
-        raise ValueError(f"max_points={max_points} must be >= 1")
+    z_a, y_a, z_b, y_b = _domains(("a", "b"), feats_a, labels_a, feats_b, labels_b)
+    _require(method in ("pca", "tsne"), f"method={method!r}: use 'pca' or 'tsne'")
+    _require(len(domain_names) == 2, f"domain_names={domain_names!r}: give two names, A's and "
+             "B's")
+    _require(max_points >= 1, f"max_points={max_points} must be >= 1")
     rng = np.random.default_rng(seed)
     keep = [np.sort(rng.permutation(len(z))[:max_points]) for z in (z_a, z_b)]
     z_a, y_a, z_b, y_b = z_a[keep[0]], y_a[keep[0]], z_b[keep[1]], y_b[keep[1]]
     z = _normalize(np.concatenate([z_a, z_b]))
-    if len(z) < 3:
-        raise ValueError(f"need at least 3 points to project, got {len(z)}")
+    _require(len(z) >= 3, f"need at least 3 points to project, got {len(z)}")
     xy = _pca_2d(z) if method == "pca" else _tsne_2d(z, seed, perplexity)
     xy_a, xy_b = xy[: len(z_a)], xy[len(z_a):]
 
@@ -502,31 +471,25 @@ def heatmap(
     else:
         stack = _array("matrix", matrix, (2, 3))
         mats = [stack] if stack.ndim == 2 else list(stack)
-    if not mats or any(m.size == 0 for m in mats):
-        raise ValueError("matrix is empty; pass at least one non-empty 2-D matrix")
+    _require(bool(mats) and all(m.size for m in mats),
+             "matrix is empty; pass at least one non-empty 2-D matrix")
     titles = [title] * len(mats) if isinstance(title, str) else list(title)
-    if len(titles) != len(mats):
-        raise ValueError(f"got {len(mats)} matrices but {len(titles)} titles; give one each")
-    mark_rows = None
-    if marks is not None:
-        mark_rows = _array("marks", marks, 1, dtype=np.int64)
-        for m in mats:
-            if len(mark_rows) != m.shape[0] or mark_rows.min() < 0 or mark_rows.max() >= m.shape[1]:
-                raise ValueError(
-                    f"marks must hold one column index in [0, {m.shape[1]}) per row of the "
-                    f"{m.shape[0]}x{m.shape[1]} matrix, got {mark_rows.tolist()}"
-                )
+    _require(len(titles) == len(mats),
+             f"got {len(mats)} matrices but {len(titles)} titles; give one each")
+    mark_rows = None if marks is None else _array("marks", marks, 1, dtype=np.int64)
+    for m in mats if mark_rows is not None else ():
+        _require(len(mark_rows) == m.shape[0] and mark_rows.min() >= 0
+                 and mark_rows.max() < m.shape[1], f"marks must hold one column index in "
+                 f"[0, {m.shape[1]}) per row of the {m.shape[0]}x{m.shape[1]} matrix, got "
+                 f"{mark_rows.tolist()}")
     for name, names, axis in (("xticklabels", xticklabels, 1), ("yticklabels", yticklabels, 0)):
-        if names is not None and any(len(names) != m.shape[axis] for m in mats):
-            raise ValueError(
-                f"{name} has {len(names)} names but the matrix has "
-                f"{mats[0].shape[axis]} {'columns' if axis else 'rows'}; give one per "
-                f"{'column' if axis else 'row'}"
-            )
+        side = ("rows", "row") if axis == 0 else ("columns", "column")
+        _require(names is None or all(len(names) == m.shape[axis] for m in mats),
+                 f"{name} has {0 if names is None else len(names)} names but the matrix has "
+                 f"{mats[0].shape[axis]} {side[0]}; give one per {side[1]}")
 
     ncols = len(mats) if ncols is None else ncols
-    if ncols < 1:
-        raise ValueError(f"ncols={ncols} must be >= 1")
+    _require(ncols >= 1, f"ncols={ncols} must be >= 1")
     ncols = min(ncols, len(mats))
     nrows = math.ceil(len(mats) / ncols)
     fig = Figure(figsize=(panel_inches * ncols + 0.3, panel_inches * 0.9 * nrows),
@@ -573,15 +536,13 @@ def heatmap(
 def _row_entropy(name: str, p: Any) -> np.ndarray:
     r""":math:`H_i = -\sum_j p_{ij}\log p_{ij}` of each row, after checking ``p``."""
     p = _array(name, p, 2)
-    if p.shape[0] == 0 or p.shape[1] < 2:
-        raise ValueError(f"{name} must be (N, K) with N >= 1 and K >= 2, got shape {p.shape}")
-    if (p < 0).any():
-        raise ValueError(f"{name} has negative entries; pass probabilities (a softmax), not logits")
+    _require(p.shape[0] >= 1 and p.shape[1] >= 2,
+             f"{name} must be (N, K) with N >= 1 and K >= 2, got shape {p.shape}")
+    _require(not (p < 0).any(),
+             f"{name} has negative entries; pass probabilities (a softmax), not logits")
     error = np.abs(p.sum(axis=1) - 1).max()
-    if error > 1e-3:
-        raise ValueError(
-            f"the rows of {name} must sum to 1 (error {error:.3g}); pass soft assignments"
-        )
+    _require(error <= 1e-3,
+             f"the rows of {name} must sum to 1 (error {error:.3g}); pass soft assignments")
     return -(p * np.log(np.maximum(p, 1e-30))).sum(axis=1)
 
 
@@ -620,15 +581,10 @@ def entropy_histogram(
     h_before = _row_entropy("p_before", p_before)
     h_after = _row_entropy("p_after", p_after)
     k_before, k_after = np.shape(p_before)[1], np.shape(p_after)[1]
-    if k_before != k_after:
-        raise ValueError(
-            f"p_before has K={k_before} clusters and p_after K={k_after}; compare "
-            "assignments to the same number of clusters"
-        )
-    if len(labels) != 2:
-        raise ValueError(f"labels={labels!r}: give two names")
-    if bins < 1:
-        raise ValueError(f"bins={bins} must be >= 1")
+    _require(k_before == k_after, f"p_before has K={k_before} clusters and p_after "
+             f"K={k_after}; compare assignments to the same number of clusters")
+    _require(len(labels) == 2, f"labels={labels!r}: give two names")
+    _require(bins >= 1, f"bins={bins} must be >= 1")
     log_k = math.log(k_before)
     observed = max(h_before.max(), h_after.max(), 1e-6)
     upper = log_k * 1.001 if full_range else min(log_k * 1.001, observed * 1.001)
@@ -652,17 +608,13 @@ def entropy_histogram(
 
 
 def _check_history(history: Any) -> list[Mapping[str, Any]]:
-    if not isinstance(history, Sequence) or isinstance(history, (str, bytes)) or not history:
-        raise ValueError(
-            "history must be a non-empty list of per-epoch dicts (TrainResult.history), got "
-            f"{type(history).__name__}"
-        )
+    _require(isinstance(history, Sequence) and not isinstance(history, (str, bytes))
+             and bool(history), "history must be a non-empty list of per-epoch dicts "
+             f"(TrainResult.history), got {type(history).__name__}")
     for i, entry in enumerate(history):
-        if not isinstance(entry, Mapping) or "epoch" not in entry or "losses" not in entry:
-            raise ValueError(
-                f"history[{i}] must be a dict with 'epoch' and 'losses' (as train() writes), "
-                f"got {entry!r:.80}"
-            )
+        _require(isinstance(entry, Mapping) and "epoch" in entry and "losses" in entry,
+                 f"history[{i}] must be a dict with 'epoch' and 'losses' (as train() writes), "
+                 f"got {entry!r:.80}")
     return list(history)
 
 
@@ -688,8 +640,7 @@ def training_curves(history: Any, *, title: str | None = None) -> Figure:
     terms += sorted({t for e in history for t in e["losses"]} - set(TERM_NAMES) - {"total"})
     evaluated = [e for e in history if e.get("metrics")]
     n_panels = len(terms) + (1 if evaluated else 0)
-    if n_panels == 0:
-        raise ValueError("history records no loss terms and no metrics: nothing to plot")
+    _require(n_panels > 0, "history records no loss terms and no metrics: nothing to plot")
     warmup = [int(e["epoch"]) for e in history if e.get("phase") == "warmup"]
 
     ncols = min(n_panels, 2 if n_panels in (2, 4) else 3)  # a grid that fits the page width
@@ -764,21 +715,17 @@ def precision_bars(
     Returns:
         A figure with 1 axes; each bar is labelled with its value.
     """
-    if not isinstance(reports, Mapping) or not reports:
-        raise ValueError("reports must be a non-empty dict: run name -> retrieval report")
+    _require(isinstance(reports, Mapping) and bool(reports),
+             "reports must be a non-empty dict: run name -> retrieval report")
     names = list(reports)
     first = reports[names[0]]
-    if not isinstance(first, Mapping) or not first:
-        raise ValueError(f"reports[{names[0]!r}] must be a retrieval report dict, got {first!r}")
-    if metric is None:
-        metric = next(iter(next(iter(first.values()))))
-    for name in names:
-        for direction in directions:
-            if metric not in reports[name].get(direction, {}):
-                raise ValueError(
-                    f"reports[{name!r}] has no {metric!r} for {direction!r}; pass reports from "
-                    "retrieval_report with that K, or another metric"
-                )
+    _require(isinstance(first, Mapping) and bool(first),
+             f"reports[{names[0]!r}] must be a retrieval report dict, got {first!r}")
+    metric = next(iter(next(iter(first.values())))) if metric is None else metric
+    for name, direction in ((n, d) for n in names for d in directions):
+        _require(metric in reports[name].get(direction, {}), f"reports[{name!r}] has no "
+                 f"{metric!r} for {direction!r}; pass reports from retrieval_report with that "
+                 "K, or another metric")
     fig = Figure(figsize=(min(7.4, max(4.0, 1.2 * len(names) + 1.2)), 3.8),
                  layout="constrained")
     ax = fig.subplots()
