@@ -431,6 +431,34 @@ def test_per_image_loader_path(tmp_path):
         train(cfg.replace(batch_augment=True, image_size=16), progress=False)
 
 
+def test_real_data_at_the_training_size_takes_the_fast_path(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from ucdir_lite import data as data_mod
+
+    root = glyphs.generate_benchmark(tmp_path / "glyphs", num_classes=2, images_per_class=4,
+                                     domains=("clipart", "sketch"), progress=False)
+    cfg = smoke(data_root=str(root), domains=("clipart", "sketch"))
+    classes = ds_lib.common_classes(root, cfg.domains)
+    data = data_mod.build_data(cfg)
+    assert all(d.images is not None and d.images.shape == (8, 3, 32, 32) for d in data)
+    path = data[1].eval_set.samples[3][0]  # held: the pixels the per-image path decodes
+    assert np.array_equal(data[1].images[3].permute(1, 2, 0).numpy(),
+                          np.asarray(ds_lib.load_image(path)))
+    assert all(d.images is None for d in data_mod.build_data(cfg.replace(batch_augment=False)))
+    # one byte over the memory budget: per-image transforms
+    monkeypatch.setattr(data_mod, "FAST_PATH_BYTES", 16 * 3 * 32 * 32 - 1)
+    assert not data_mod.fits_fast_path(cfg, root, classes)
+    assert all(d.images is None for d in data_mod.build_data(cfg))
+    monkeypatch.undo()
+    assert data_mod.fits_fast_path(cfg, root, classes)
+    # one image of another size: per-image transforms (they resize)
+    Image.open(path).resize((40, 40)).save(path)
+    assert not data_mod.fits_fast_path(cfg, root, classes)
+    assert all(d.images is None for d in data_mod.build_data(cfg))
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
     out = tmp_path / "run"

@@ -72,7 +72,8 @@ class TrainConfig:
     batch_augment: bool | None = None
     """Keep the decoded images as one uint8 tensor and augment whole batches on the device
     (``augment.BatchAugment``, ~50x faster than per-image transforms on tiny images); needs
-    images of one size. None: on for the generated benchmark, off for real data."""
+    images of one size. None: on for the generated benchmark, and for real data whose images
+    all have the training size and fit in 2 GiB as uint8 (``data.fits_fast_path``)."""
 
     # --- model ---
     arch: str = "small_cnn"

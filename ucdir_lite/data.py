@@ -2,11 +2,13 @@
 
 ``build_data`` loads the two domains on the classes they share (``cfg.classes`` restricts
 them). On the generated benchmark the decoded images are kept as one uint8 tensor and
-augmented a whole batch at a time on the device (``augment.BatchAugment``); real data goes
-through per-image transforms in DataLoaders. ``epoch_batches`` yields each step's two views
-and bank slots per domain, with the official code's image order (``epoch_indices``), seeded
-from (seed, epoch, domain). ``encode`` is one eval-mode pass of an encoder over a dataset:
-it fills the memory banks and gives the points k-means clusters (and evaluation reads it).
+augmented a whole batch at a time on the device (``augment.BatchAugment``), and so is real
+data whose images already have the training size and fit in memory (``fits_fast_path``);
+other real data goes through per-image transforms in DataLoaders. ``epoch_batches`` yields
+each step's two views and bank slots per domain, with the official code's image order
+(``epoch_indices``), seeded from (seed, epoch, domain). ``encode`` is one eval-mode pass of
+an encoder over a dataset: it fills the memory banks and gives the points k-means clusters
+(and evaluation reads it).
 """
 
 from __future__ import annotations
@@ -112,11 +114,30 @@ def _image_tensor(dataset: ds_lib.DomainDataset, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+FAST_PATH_BYTES = 2 * 2**30
+"""With ``batch_augment=None``, real data takes the fast path only if both domains' images,
+decoded as uint8, take at most this many bytes (2 GiB)."""
+
+
+def fits_fast_path(cfg: TrainConfig, root: Path, classes: Sequence[str]) -> bool:
+    """Whether real data can be held as one uint8 tensor per domain and augmented a batch at a
+    time (``batch_augment=None`` decides by this): every image already has the training size
+    ``image_size x image_size`` and all of them fit in ``FAST_PATH_BYTES``. Reads only the
+    image headers, and stops at the first image of another size."""
+    sets = [ds_lib.DomainDataset(root, name, classes=classes) for name in cfg.domains]
+    if sum(len(s) for s in sets) * 3 * cfg.image_size**2 > FAST_PATH_BYTES:
+        return False
+    size = (cfg.image_size, cfg.image_size)
+    return all(ds_lib.image_size(path) == size for s in sets for path, _ in s.samples)
+
+
 def build_data(cfg: TrainConfig, progress: bool = False) -> list[DomainData]:
     """The two domains' data on the classes both share (``cfg.classes`` restricts them)."""
     root = data_root(cfg, progress)
     classes = list(cfg.classes) if cfg.classes else ds_lib.common_classes(root, cfg.domains)
-    fast = cfg.data_root is None if cfg.batch_augment is None else cfg.batch_augment
+    fast = cfg.batch_augment
+    if fast is None:  # the generated benchmark always; real data when it is small enough
+        fast = cfg.data_root is None or fits_fast_path(cfg, root, classes)
     out = []
     for name in cfg.domains:
         base = ds_lib.DomainDataset(root, name, classes=classes, in_memory=fast)

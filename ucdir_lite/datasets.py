@@ -99,6 +99,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         ) from e
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of the image at ``path``, from its header (no pixels decoded)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except _DECODE_ERRORS as e:
+        raise OSError(
+            f"cannot read image {path}: {e}; delete or replace the file ({_SKIP_HINT})"
+        ) from e
+
+
 def _check_image(path: Path, full: bool) -> str | None:
     """None if ``path`` is a readable image, else the reason (``full``: decode every pixel)."""
     try:
@@ -356,6 +367,7 @@ __all__ = [
     "TwoViews",
     "common_classes",
     "eval_transform",
+    "image_size",
     "load_image",
     "make_loader",
     "to_rgb",
