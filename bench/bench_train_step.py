@@ -9,7 +9,10 @@
 2. The time split of one Full epoch of ``ucdir_lite.train``: the steps (forward/backward),
    the k-means of the two memory banks, the Sinkhorn matching of the prototypes, and one
    evaluation (features of both domains + P@K and mAP in the four directions).
-3. The ablation runner: a small ablation (1 pair, 2 seeds, 10 warm-up + 5 arm epochs) in 1
+3. FLOPs of one IW step (``torch.utils.flop_counter``) and the GFLOP/s it achieves, against
+   this machine's float32 matrix product at the same threads, timed interleaved: the step's
+   distance from the machine's compute peak.
+4. The ablation runner: a small ablation (1 pair, 2 seeds, 10 warm-up + 5 arm epochs) in 1
    process of 2 threads against 2 worker processes of 1 thread each (``run_ablation(jobs=2)``,
    the default on the CPU).
 
@@ -25,9 +28,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import limit_threads, machine_info, median_time, print_table
@@ -116,6 +121,51 @@ def bench_steps(base, data, repeats: int) -> list[list]:
     return rows
 
 
+def matmul_gflops(size: int) -> Callable[[], float]:
+    """A timed float32 ``size x size @ size x size`` product; returns its GFLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+
+    def run() -> float:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        return 2 * size**3 / (time.perf_counter() - start) / 1e9
+
+    return run
+
+
+def bench_flops(base, data, repeats: int) -> tuple[list[list], list[list]]:
+    """FLOPs of one IW step (``torch.utils.flop_counter``: convolutions, their backward and
+    the matrix products), its achieved GFLOP/s, and this machine's float32 matmul GFLOP/s at
+    the same threads (the best of three sizes), timed interleaved with the step."""
+    cfg = arm_config(base, "IW")
+    step = make_step(cfg, State(cfg, data), data, None, cfg.loss_weights(0),
+                     BatchAugment(base.image_size), torch.Generator().manual_seed(0))
+    step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    by_op = counter.get_flop_counts()["Global"]
+    flops = sum(by_op.values())
+    matmuls = {n: matmul_gflops(n) for n in (512, 1024, 2048)}
+    for run in matmuls.values():
+        run()  # warm-up
+    step_s, peak = [], {n: [] for n in matmuls}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        step_s.append(time.perf_counter() - start)
+        for n, run in matmuls.items():
+            peak[n].append(run())
+    achieved = flops / statistics.median(step_s) / 1e9
+    best = max(statistics.median(v) for v in peak.values())
+    ops = [[str(op).removeprefix("aten."), gflop / 1e9, 100 * gflop / flops]
+           for op, gflop in sorted(by_op.items(), key=lambda kv: -kv[1])]
+    ops.append(["total", flops / 1e9, 100.0])
+    rates = [[f"matmul {n}^3 (float32)", statistics.median(v), ""] for n, v in peak.items()]
+    rates.append(["IW training step", achieved, f"{100 * achieved / best:.0f} % of the best "
+                  "matmul"])
+    return ops, rates
+
+
 def bench_epoch(base, data, repeats: int) -> list[list]:
     """Time split of one Full epoch (OT L_DD) of ``train`` (started from random weights: the
     same work as an epoch after warm-up), k-means and matching timed apart on the banks."""
@@ -177,6 +227,11 @@ def main() -> None:
     print(f"\n# one Full epoch ({len(data[0])} + {len(data[1])} images, "
           f"{min(len(d) for d in data) // base.batch_size} steps)\n")
     print_table(["part", "seconds", "% of epoch + eval"], bench_epoch(base, data, repeats))
+    ops, rates = bench_flops(base, data, repeats)
+    print("\n# FLOPs of one IW step (torch.utils.flop_counter)\n")
+    print_table(["op", "GFLOP per step", "%"], ops)
+    print(f"\n# achieved rate against the machine's matmul, {args.threads} thread(s)\n")
+    print_table(["work", "GFLOP/s (median)", "note"], rates)
     if not args.no_runner:
         warmup, arm_epochs = (1, 1) if args.quick else (10, 5)
         print(f"\n# ablation runner: warm-up {warmup} + 5 arms x {arm_epochs} epochs, "
