@@ -177,7 +177,8 @@ class TrainConfig:
     amp: bool = True
     """Mixed precision (autocast fp16 + GradScaler) on cuda; ignored on the CPU."""
     num_workers: int | None = None
-    """DataLoader workers (None: 0 on the CPU, min(8, cpu count) on cuda)."""
+    """DataLoader workers of the per-image path (None: ``datasets.default_workers``, as many
+    as the CPUs, at most 4 on the CPU and 8 with cuda)."""
     eval_every: int = 0
     """Evaluate every this many epochs (0: only at the end)."""
     eval_batch_size: int = 256

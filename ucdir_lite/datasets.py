@@ -307,6 +307,13 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def default_workers(device_type: str) -> int:
+    """Loader worker processes when none are asked for: as many as the CPUs, at most 8 with
+    CUDA and 4 on the CPU. Per-image transforms in the training process itself ran 2.7x (one
+    worker) to 3.4x (two) slower per epoch on 2 cores (``bench/bench_real_data.py``)."""
+    return min(8 if device_type == "cuda" else 4, os.cpu_count() or 1)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -322,8 +329,7 @@ def make_loader(
     ``order``: the dataset indices to visit, in this order (repeats allowed), instead of a
     shuffle (e.g. ``train.epoch_indices``).
 
-    ``num_workers`` defaults to 0 on CPU (the small machines this package targets gain
-    nothing from worker processes) and to ``min(8, cpus - 1)`` persistent workers with CUDA.
+    ``num_workers`` defaults to ``default_workers()`` persistent worker processes.
     The shuffle order depends only on ``seed`` (and advances from epoch to epoch); worker
     processes are seeded from it too. With ``num_workers=0`` random augmentations draw from
     torch's global generator: seed it once (``torch.manual_seed``) for repeatable views.
@@ -340,7 +346,7 @@ def make_loader(
         )
     cuda = torch.cuda.is_available()
     if num_workers is None:
-        num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if cuda else 0
+        num_workers = default_workers("cuda" if cuda else "cpu")
     if pin_memory is None:
         pin_memory = cuda
     generator = torch.Generator().manual_seed(seed)
@@ -366,6 +372,7 @@ __all__ = [
     "DomainDataset",
     "TwoViews",
     "common_classes",
+    "default_workers",
     "eval_transform",
     "image_size",
     "load_image",

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ucdir_lite import datasets as ds_lib
 from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
 from ucdir_lite.checkpoint import (
@@ -192,7 +193,7 @@ def _prepare(cfg: TrainConfig, out: Path | None, resume: bool,
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     workers = cfg.num_workers if cfg.num_workers is not None else (
-        0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+        ds_lib.default_workers(device.type))
     data = build_data(cfg, progress=progress)
     check_sizes(cfg, data)
     for domain in data:
