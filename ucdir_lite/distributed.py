@@ -290,15 +290,17 @@ class GlobalBatchNorm(nn.BatchNorm2d):
 
 
 def global_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace, in place, every BatchNorm2d of ``module`` by a ``GlobalBatchNorm`` holding the
-    same parameters and running statistics (the state-dict keys do not change). Returns it."""
+    """Replace, in place, every BatchNorm2d of ``module`` by a ``GlobalBatchNorm`` that holds
+    the very same parameter and buffer tensors: an optimizer built on ``module`` before keeps
+    updating them, and the state-dict keys do not change. Returns ``module``."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             synced = GlobalBatchNorm(child.num_features, eps=child.eps, momentum=child.momentum,
                                      affine=child.affine,
-                                     track_running_stats=child.track_running_stats)
-            synced.load_state_dict(child.state_dict())
-            synced.to(device=child.weight.device if child.affine else None)
+                                     track_running_stats=child.track_running_stats,
+                                     device="meta")
+            for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                setattr(synced, key, getattr(child, key))
             setattr(module, name, synced)
         else:
             global_batch_norm(child)
