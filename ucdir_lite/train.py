@@ -18,6 +18,13 @@ Determinism: the global generators, the batches' order and augmentations and k-m
 re-seeded from (seed, epoch) at the start of every epoch, so a run resumed from its checkpoint
 ends exactly where the uninterrupted run would (on the CPU).
 
+Several processes: launched by PyTorch's ``torchrun`` (``python -m torch.distributed.run
+--nproc_per_node 2 -m ucdir_lite train ...``; gloo on the CPU, nccl on cuda), the same loop
+trains the single-process run at the same global ``batch_size``, to float noise: each rank
+builds the global batch and takes its share (``ucdir_lite.distributed`` says how the keys,
+banks, loss, clusters and evaluation are shared); rank 0 alone writes the run folder. On one
+process every distributed hook is a no-op: the run is bit for bit what it was without them.
+
 Reference: Hu & Lee, ECCV 2022 (arXiv:2207.09721), and its official code.
 """
 
@@ -120,6 +127,9 @@ def train(
     reevaluate: bool = False,
 ) -> TrainResult:
     """Train the UCDIR encoder pair on ``cfg.domains`` and evaluate cross-domain retrieval.
+
+    Under ``torchrun`` every process calls ``train`` with the same arguments (the module
+    docstring); rank 0 locks and writes ``out_dir``.
 
     Args:
         cfg: a TrainConfig (or a preset name).
