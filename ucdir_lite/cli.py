@@ -2,13 +2,15 @@
 
     ucdir-lite train --preset cpu --domains clipart sketch --out runs/cs
     python -m torch.distributed.run --nproc_per_node 2 -m ucdir_lite train --preset smoke
-                                                    # the same, on 2 processes (or GPUs)
     ucdir-lite evaluate --checkpoint runs/cs/checkpoint.pt
     ucdir-lite data generate --root data/glyphs --contact-sheet sheet.png
     ucdir-lite data prepare office-home --root data/office_home --archive OfficeHome.zip
     ucdir-lite ablate --preset cpu --pairs clipart:sketch photo:sketch --seeds 0 1 2 --jobs 2
     ucdir-lite runs export ucdir-lite-runs.tar.gz    # the run cache as one archive
     ucdir-lite runs import ucdir-lite-runs.tar.gz    # ... and back, on another machine
+
+Launched by ``torchrun`` (``python -m torch.distributed.run``, the second line), ``train``
+runs on several processes, CPU or GPU (``ucdir_lite.distributed``); rank 0 writes and prints.
 
 Errors the user can fix (bad values, missing files, a diverged run) end with exit code 1 and
 one line ``ucdir-lite: error: ...`` (set UCDIR_DEBUG=1 for the traceback); bad arguments
