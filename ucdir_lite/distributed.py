@@ -30,6 +30,7 @@ global batch), step for step:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -65,7 +66,8 @@ def setup(device: torch.device) -> torch.device:
         if not dist.is_backend_available(backend):
             raise RuntimeError(f"torch.distributed has no {backend} backend in this build; "
                                "run on one process (without torchrun)")
-        dist.init_process_group(backend)
+        # the other ranks wait while rank 0 alone clusters and evaluates: allow it an hour
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))
     return device
 
 
