@@ -25,6 +25,13 @@ global batch), step for step:
 - k-means, the OT matching, the bank initialisation and the evaluation run on rank 0 and are
   broadcast; only rank 0 writes files; ``check_agree`` verifies every epoch that the ranks'
   banks and encoders are bit-identical.
+
+What is not the same: the float sums (convolutions over half batches, sums over ranks in
+another order), so the loss curve follows the single-process one to float noise, as a run on
+another thread count does (``tests/test_distributed.py`` states the measured figures); the key
+encoder's ``num_batches_tracked`` counters, which nothing reads (the BN momentum is fixed);
+and the work: every rank builds the whole global batch, so per-image transforms (real data)
+are repeated on every rank, and the others wait while rank 0 clusters and evaluates.
 """
 
 from __future__ import annotations
