@@ -48,6 +48,10 @@ class TrainState:
     scaler: torch.amp.GradScaler
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    replica: nn.Module | None = None
+    """``encoder_q`` wrapped in DistributedDataParallel when the run has several processes
+    (``distributed.replicate``; None on one): the query forward pass goes through it, so that
+    the gradients are averaged over the ranks. Not saved: it shares ``encoder_q``'s weights."""
 
 
 def data_summary(cfg: TrainConfig, data: Sequence[DomainData]) -> dict[str, Any]:

@@ -1,12 +1,16 @@
 """The ``ucdir-lite`` command (also ``python -m ucdir_lite``).
 
     ucdir-lite train --preset cpu --domains clipart sketch --out runs/cs
+    python -m torch.distributed.run --nproc_per_node 2 -m ucdir_lite train --preset smoke
     ucdir-lite evaluate --checkpoint runs/cs/checkpoint.pt
     ucdir-lite data generate --root data/glyphs --contact-sheet sheet.png
     ucdir-lite data prepare office-home --root data/office_home --archive OfficeHome.zip
     ucdir-lite ablate --preset cpu --pairs clipart:sketch photo:sketch --seeds 0 1 2 --jobs 2
     ucdir-lite runs export ucdir-lite-runs.tar.gz    # the run cache as one archive
     ucdir-lite runs import ucdir-lite-runs.tar.gz    # ... and back, on another machine
+
+Launched by ``torchrun`` (``python -m torch.distributed.run``, the second line), ``train``
+runs on several processes, CPU or GPU (``ucdir_lite.distributed``); rank 0 writes and prints.
 
 Errors the user can fix (bad values, missing files, a diverged run) end with exit code 1 and
 one line ``ucdir-lite: error: ...`` (set UCDIR_DEBUG=1 for the traceback); bad arguments
@@ -90,14 +94,21 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train (on several processes when launched by torchrun: ``ucdir_lite.distributed``;
+    rank 0 writes the run folder and prints the report)."""
+    from ucdir_lite import distributed
     from ucdir_lite.train import train
 
     cfg = _config(args)
     out = args.out or f"runs/{args.preset}-{'-'.join(cfg.domains)}-seed{cfg.seed}".replace(" ", "_")
-    result = train(cfg, out, resume=args.resume, init_from=args.init_from,
-                   progress=not args.no_progress)
-    print(f"run folder: {result.out_dir}")
-    print(format_report(result.metrics))
+    try:
+        result = train(cfg, out, resume=args.resume, init_from=args.init_from,
+                       progress=not args.no_progress)
+    finally:
+        distributed.shutdown()
+    if distributed.is_main():
+        print(f"run folder: {result.out_dir}")
+        print(format_report(result.metrics))
     return 0
 
 

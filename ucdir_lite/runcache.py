@@ -41,7 +41,7 @@ from ucdir_lite.utils import atomic_write_json
 # is re-evaluated, not retrained, when ``ks`` changes; see train(resume=True)).
 NON_KEY_FIELDS = ("ks", "device", "num_workers", "eval_batch_size", "log_every", "data_root")
 TRAINING_MODULES = ("train", "objective", "losses", "clustering", "transport", "model", "data",
-                    "datasets", "augment", "checkpoint", "config", "utils")
+                    "datasets", "augment", "checkpoint", "config", "utils", "distributed")
 """Modules whose code decides what a run learns (``code_version``, part of the key)."""
 EVAL_MODULES = ("evaluation", "metrics")
 """Modules whose code decides only a run's report (``eval_version``, not part of the key)."""

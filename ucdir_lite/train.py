@@ -18,6 +18,13 @@ Determinism: the global generators, the batches' order and augmentations and k-m
 re-seeded from (seed, epoch) at the start of every epoch, so a run resumed from its checkpoint
 ends exactly where the uninterrupted run would (on the CPU).
 
+Several processes: launched by PyTorch's ``torchrun`` (``python -m torch.distributed.run
+--nproc_per_node 2 -m ucdir_lite train ...``; gloo on the CPU, nccl on cuda), the same loop
+trains the single-process run at the same global ``batch_size``, to float noise: each rank
+builds the global batch and takes its share (``ucdir_lite.distributed`` says how the keys,
+banks, loss, clusters and evaluation are shared); rank 0 alone writes the run folder. On one
+process every distributed hook is a no-op: the run is bit for bit what it was without them.
+
 Reference: Hu & Lee, ECCV 2022 (arXiv:2207.09721), and its official code.
 """
 
@@ -38,6 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ucdir_lite import datasets as ds_lib
+from ucdir_lite import distributed
 from ucdir_lite._lock import folder_lock
 from ucdir_lite._progress import tqdm
 from ucdir_lite.checkpoint import (
@@ -121,6 +129,9 @@ def train(
 ) -> TrainResult:
     """Train the UCDIR encoder pair on ``cfg.domains`` and evaluate cross-domain retrieval.
 
+    Under ``torchrun`` every process calls ``train`` with the same arguments (the module
+    docstring); rank 0 locks and writes ``out_dir``.
+
     Args:
         cfg: a TrainConfig (or a preset name).
         out_dir: folder for checkpoint.pt (every epoch, atomically), config.json,
@@ -153,10 +164,13 @@ def train(
     if resume and out is None:
         raise ValueError("--resume (resume=True) needs the folder of the run to continue: "
                          "--out (out_dir=)")
+    progress = progress and distributed.is_main()
     if out is None:
         return _prepare(cfg, None, resume, init_from, progress, reevaluate)
     if out.is_dir() and not os.access(out, os.W_OK):  # only a finished run can be read here
         return _prepare(cfg, out, resume, init_from, progress, reevaluate, read_only=True)
+    if not distributed.is_main():  # rank 0 locks the folder and writes; the others only read
+        return _prepare(cfg, out, resume, init_from, progress, reevaluate)
     with folder_lock(out, what="run folder",
                      hint="wait for it to finish, or choose another --out (out_dir=)"):
         _remove_stale_parts(out)
@@ -190,11 +204,13 @@ def _prepare(cfg: TrainConfig, out: Path | None, resume: bool,
             "choose another --out (out_dir=)"
         )
 
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))  # joins torchrun's group, if any
+    distributed.check_sizes(cfg.batch_size, cfg.key_bn_splits)
     amp = cfg.amp and device.type == "cuda"
     workers = cfg.num_workers if cfg.num_workers is not None else (
         ds_lib.default_workers(device.type))
-    data = build_data(cfg, progress=progress)
+    with distributed.main_first():  # the generated benchmark is written once, by rank 0
+        data = build_data(cfg, progress=progress)
     check_sizes(cfg, data)
     for domain in data:
         if domain.images is not None:
@@ -229,20 +245,27 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
     state = new_state(cfg, device, amp, pretrained=ckpt is None)
     if ckpt is None:  # the banks start as a key-encoder pass over each domain (official code)
         state.banks = [encode(state.encoder_k, d, device, cfg.eval_batch_size, workers)[0]
+                       if distributed.is_main() else
+                       torch.empty(len(d), cfg.feat_dim, dtype=torch.float32, device=device)
                        for d in eval_data]
+        for bank in state.banks:  # computed once, by rank 0
+            distributed.broadcast_(bank)
     else:
         restore(state, ckpt, device, optimizer=ckpt["config"]["optimizer"] == cfg.optimizer)
         _set_hyperparameters(state.optimizer, cfg)
         if init_from is not None:
             for entry in state.history:
                 entry.setdefault("inherited_from", str(init_from))
+    state.replica = distributed.replicate(state.encoder_q, device)  # None on one process
     trains = state.epoch < cfg.epochs  # else a finished run: nothing is rewritten
-    if out is not None and trains:
+    writes = out is not None and distributed.is_main()
+    if writes and trains:
         atomic_write_json(cfg.to_dict(), out / "config.json")
 
-    def run_evaluation() -> dict[str, Any]:
-        return evaluate(state.encoder_k, *eval_data, ks=cfg.ks, device=device,
-                        batch_size=cfg.eval_batch_size, num_workers=workers)
+    def run_evaluation() -> dict[str, Any]:  # by rank 0; the others receive its report
+        return distributed.on_main(lambda: evaluate(
+            state.encoder_k, *eval_data, ks=cfg.ks, device=device,
+            batch_size=cfg.eval_batch_size, num_workers=workers))
 
     metrics: dict[str, Any] = {}
     bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not progress, desc="train",
@@ -262,12 +285,16 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
             metrics = entry["metrics"] = run_evaluation()
             entry["eval_s"] = time.perf_counter() - start
         state.history.append(entry)
-        if out is not None:
+        if writes:
             atomic_torch_save(to_checkpoint(cfg, state, summary), ckpt_path)
             atomic_write_json(state.history, out / "history.json")
+        # the others wait for rank 0's checkpoint here, and every rank checks the replicas
+        distributed.check_agree(banks=dict(zip("AB", state.banks, strict=True)),
+                                encoder_q=state.encoder_q.state_dict(),
+                                encoder_k=state.encoder_k.state_dict())
         bar.update(1)
         bar.set_postfix(loss=f"{entry['losses']['total']:.3f}")
-        if cfg.log_every and (state.epoch % cfg.log_every == 0 or last):
+        if cfg.log_every and distributed.is_main() and (state.epoch % cfg.log_every == 0 or last):
             bar.write(_summary(entry))
     bar.close()
 
@@ -275,10 +302,11 @@ def _run(cfg: TrainConfig, out: Path | None, ckpt: dict[str, Any] | None,
         evaluated = [e["metrics"] for e in state.history if "metrics" in e]
         reuse = evaluated and not reevaluate and (old_ks is None or old_ks == tuple(cfg.ks))
         metrics = evaluated[-1] if reuse else run_evaluation()
-        if out is not None and not reuse:  # re-evaluated with other ks: record them
+        if writes and not reuse:  # re-evaluated with other ks: record them
             atomic_write_json(cfg.to_dict(), out / "config.json")
-    if out is not None:
+    if writes:
         _record(metrics, out / "metrics.json")
+    distributed.barrier()  # the run is complete on disk when any rank returns
     state.encoder_k.eval()
     eval_sets = (data[0].eval_set, data[1].eval_set)
     return TrainResult(state.encoder_k, state.history, metrics, out, cfg, eval_sets)
@@ -328,16 +356,39 @@ def epoch_clusters(cfg: TrainConfig, state: TrainState, data: Sequence[DomainDat
                    workers: int = 0) -> Clusters | None:
     """The epoch's clusters (``objective.cluster_features``) when a cluster loss has a
     weight, else None. The points are, per image, the key encoder's eval-mode feature computed
-    afresh (``cluster_on="features"``, the official code) or the memory bank (``"bank"``)."""
+    afresh (``cluster_on="features"``, the official code) or the memory bank (``"bank"``).
+    On several processes rank 0 clusters and broadcasts the result."""
     if not any(weights[t] > 0 for t in ("cw", "se", "dd")):
         return None
     match = weights["dd"] > 0 and cfg.dd_variant == "ot"
-    if cfg.cluster_on == "features":
-        points = [encode(state.encoder_k, d.eval_data, device, cfg.eval_batch_size, workers)[0]
-                  for d in data]
-    else:
-        points = state.banks
-    return cluster_features(cfg, points, state.epoch, match=match)
+    clusters = None
+    if distributed.is_main():
+        if cfg.cluster_on == "features":
+            points = [encode(state.encoder_k, d.eval_data, device, cfg.eval_batch_size,
+                             workers)[0] for d in data]
+        else:
+            points = state.banks
+        clusters = cluster_features(cfg, points, state.epoch, match=match)
+    return _broadcast_clusters(clusters, cfg, [len(d) for d in data], match, device)
+
+
+def _broadcast_clusters(clusters: Clusters | None, cfg: TrainConfig, sizes: Sequence[int],
+                        match: bool, device: torch.device) -> Clusters:
+    """Rank 0's clusters on every rank (``clusters`` itself on one process); the other ranks
+    pass None and receive prototypes, pseudo-labels and matching into tensors of known shape."""
+    if not distributed.active():
+        assert clusters is not None
+        return clusters
+    if clusters is None:
+        k = cfg.num_clusters
+        clusters = Clusters(
+            tuple(torch.empty(k, cfg.feat_dim, device=device) for _ in sizes),  # type: ignore[arg-type]
+            tuple(torch.empty(n, dtype=torch.long, device=device) for n in sizes),  # type: ignore[arg-type]
+            torch.empty(k, dtype=torch.long, device=device) if match else None)
+    shared = [*clusters.centroids, *clusters.labels]
+    for t in shared + ([clusters.matching] if clusters.matching is not None else []):
+        distributed.broadcast_(t)
+    return clusters
 
 
 def train_step(cfg: TrainConfig, state: TrainState, batch: Batch, weights: dict[str, float],
@@ -349,15 +400,23 @@ def train_step(cfg: TrainConfig, state: TrainState, batch: Batch, weights: dict[
     keys are written into the batch's bank slots; the loss terms are computed against that
     bank and summed with their weights; the query encoder takes an optimiser step and the key
     encoder follows it by ``momentum_update``.
+
+    On several processes (``distributed``) ``batch`` is the global batch on every rank: the
+    rank's share goes through the query encoder, the keys are computed by shares and gathered,
+    and the loss is that of the global batch's gathered queries.
     """
     (xq_a, xk_a, index_a), (xq_b, xk_b, index_b) = batch
     n_a = xq_a.shape[0]
-    x_q = torch.cat([xq_a, xq_b]).contiguous(memory_format=torch.channels_last)
+    rows = distributed.local_rows(n_a)  # this rank's queries: all of them on one process
+    x_q = torch.cat([xq_a[rows], xq_b[rows]]).contiguous(memory_format=torch.channels_last)
     x_k = torch.cat([xk_a, xk_b]).contiguous(memory_format=torch.channels_last)
+    encoder_q = state.replica if state.replica is not None else state.encoder_q
     with torch.autocast(x_q.device.type, dtype=torch.float16, enabled=amp):
-        z_q = state.encoder_q(x_q)
+        z_q = encoder_q(x_q)
         z_k = shuffled_keys(state.encoder_k, x_k)
-    q, k = z_q.float().split(n_a), z_k.float().split(n_a)
+    # the losses see the global batch's queries on every rank (distributed.gather_with_grad)
+    q = [distributed.gather_with_grad(z) for z in z_q.float().split(rows.stop - rows.start)]
+    k = z_k.float().split(n_a)
     index = (index_a, index_b)
     with torch.no_grad():  # as the official code: the batch's keys enter the bank first
         for d in (0, 1):
@@ -377,9 +436,14 @@ def shuffled_keys(encoder_k: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Key features of a batch passed through the key encoder in a random order and put back
     in order: with split batch norm (``model.SplitBatchNorm``) each BN group is then a random
     half of the batch, MoCo's shuffling BN. Draws from torch's global generator (seeded per
-    epoch by the trainer)."""
+    epoch by the trainer).
+
+    On several processes every rank draws the same permutation, encodes its share of the
+    shuffled batch (whole BN groups) and gathers the others'; the running statistics are
+    averaged over the ranks, so every rank holds the single-process keys and key encoder."""
     perm = torch.randperm(x.shape[0]).to(x.device)
-    z = encoder_k(x[perm])
+    z = distributed.all_gather_cat(encoder_k(x[perm][distributed.local_rows(x.shape[0])]))
+    distributed.average_buffers_(encoder_k)
     return torch.empty_like(z).index_copy_(0, perm, z)
 
 
@@ -403,8 +467,8 @@ def new_state(cfg: TrainConfig, device: torch.device, amp: bool, pretrained: boo
     encoder_q = build_model(cfg if pretrained else cfg.replace(weights=None))
     encoder_q = encoder_q.to(device, memory_format=torch.channels_last)
     encoder_k = copy.deepcopy(encoder_q)  # the same weights, head included (official code)
-    if cfg.key_bn_splits > 1:
-        split_batch_norm(encoder_k, cfg.key_bn_splits)
+    if cfg.key_bn_splits > 1:  # on W processes each rank normalises 1/W of the groups
+        split_batch_norm(encoder_k, cfg.key_bn_splits // distributed.world_size())
     encoder_k.requires_grad_(False)
     params = encoder_q.parameters()
     if cfg.optimizer == "adam":
