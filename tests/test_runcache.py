@@ -74,3 +74,35 @@ def test_a_new_evaluation_version_re_evaluates_instead_of_retraining(env, monkey
     assert marker["eval"] == "0.0.0+neweval" and marker["key"] == summary["key"]
     assert runcache.cached_run(cfg, cache) is not None
     assert evaluation.evaluate is real_evaluate
+
+
+def test_every_module_the_trainer_runs_is_in_the_key():
+    """A module train() imports (directly or through others) is keyed, unless it only
+    reports (EVAL_MODULES), draws progress or locks folders, or generates the data (keyed by
+    the data's own checksum instead)."""
+    import ast
+    from pathlib import Path
+
+    import ucdir_lite
+
+    package = Path(ucdir_lite.__file__).parent
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((package / f"{module}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "ucdir_lite":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "ucdir_lite."):
+                found.add(node.module.split(".")[1])
+        return {m for m in found if (package / f"{m}.py").exists()}
+
+    seen, todo = set(), ["train"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imports(module) - set(runcache.EVAL_MODULES)
+    exempt = {"_lock", "_progress", "glyphs"}
+    assert seen - set(runcache.EVAL_MODULES) - exempt == set(runcache.TRAINING_MODULES)
