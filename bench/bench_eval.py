@@ -20,7 +20,9 @@ import argparse
 import gc
 import json
 import math
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,41 +65,86 @@ def reference_precision(query, query_labels, gallery, gallery_labels, ks=KS):
     return {k: 100.0 * hits[k] / total[k] for k in ks}
 
 
+def bare_product(query, gallery, chunk_size):
+    """The float32 score computation alone: ``query chunk @ gallery.T`` for every chunk of
+    ``chunk_size`` queries, into one reused buffer (the fastest way torch offers; the full
+    N x M product in one call would need N x M memory and is slower from page faults)."""
+    import torch
+
+    out = torch.empty(min(chunk_size, query.shape[0]), gallery.shape[0])
+    for start in range(0, query.shape[0], chunk_size):
+        chunk = out[: min(chunk_size, query.shape[0] - start)]
+        torch.mm(query[start : start + chunk_size], gallery.T, out=chunk)
+    return out
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, timed in turns (a, b, a, b, ...) so that a change in the
+    machine's load hits all of them alike."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run_case(impl: str, n: int, args) -> dict:
     """One implementation at one size, in this (fresh) process; returns a JSON-able dict."""
     import torch
 
     limit_threads(args.threads)
     q, ql, g, gl = make_features(n, args.classes, args.dim)
-    if impl == "ours":
-        from ucdir_lite.metrics import precision_at_k
+    if impl == "ref":
+        gc.collect()
+        baseline = peak_rss_mb()
+        data = (q, ql, g, gl)
+        seconds, result = median_time(lambda: reference_precision(*data, KS), args.repeats, 0)
+        return {
+            "seconds": seconds,
+            "extra_rss_mb": peak_rss_mb() - baseline,
+            "result": {str(k): v for k, v in result.items()},
+        }
+    from ucdir_lite.metrics import precision_at_k, retrieval_report
 
-        tensors = [torch.from_numpy(a) for a in (q, ql, g, gl)]
-        del q, ql, g, gl
-
-        def fn():
-            return precision_at_k(*tensors, KS, chunk_size=args.chunk_size)
-
-    else:
-
-        def fn():
-            return reference_precision(q, ql, g, gl, KS)
-
+    tensors = [torch.from_numpy(a) for a in (q, ql, g, gl)]
+    query, gallery = tensors[0], tensors[2]
+    chunk = args.chunk_size
     gc.collect()
     baseline = peak_rss_mb()
-    seconds, result = median_time(fn, args.repeats, warmup=0)
-    return {
-        "seconds": seconds,
+    result = precision_at_k(*tensors, KS, chunk_size=chunk)  # also the warm-up
+    out = {
         "extra_rss_mb": peak_rss_mb() - baseline,
         "result": {str(k): v for k, v in result.items()},
     }
+    fns = {
+        "pk": lambda: precision_at_k(*tensors, KS, chunk_size=chunk),
+        "bare": lambda: bare_product(query, gallery, chunk),
+    }
+    out.update(interleaved(fns, args.repeats))
+    if n <= args.report_max_size:
+        retrieval_report(*tensors, KS, chunk)
+        out["report_rss_mb"] = peak_rss_mb() - baseline
+        # the report scores both directions: against two bare products (A->B, B->A)
+        fns = {
+            "report": lambda: retrieval_report(*tensors, KS, chunk),
+            "bare2": lambda: (
+                bare_product(query, gallery, chunk),
+                bare_product(gallery, query, chunk),
+            ),
+        }
+        out.update(interleaved(fns, args.report_repeats))
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="sizes 2000 and 5000, one repeat")
     p.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000, 50000])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="P@K and bare product, interleaved")
+    p.add_argument("--report-repeats", type=int, default=3, help="retrieval_report and 2 bare")
+    p.add_argument("--report-max-size", type=int, default=20000, help="skip the report above")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--classes", type=int, default=65)
     p.add_argument("--dim", type=int, default=128)
@@ -109,7 +156,7 @@ def main() -> None:
         print(json.dumps(run_case(args.case[0], int(args.case[1]), args)))
         return
     if args.quick:
-        args.sizes, args.repeats = [2000, 5000], 1
+        args.sizes, args.repeats, args.report_repeats = [2000, 5000], 1, 1
 
     print(
         f"# bench_eval: P@{{{','.join(map(str, KS))}}}, D={args.dim}, "
@@ -122,6 +169,10 @@ def main() -> None:
         str(args.threads),
         "--repeats",
         str(args.repeats),
+        "--report-repeats",
+        str(args.report_repeats),
+        "--report-max-size",
+        str(args.report_max_size),
         "--classes",
         str(args.classes),
         "--dim",
@@ -132,42 +183,43 @@ def main() -> None:
     rows, ref_rate = [], None
     for n in args.sizes:
         ours = run_child([*child, "--case", "ours", str(n)], args.threads)
+        row = [n, ours["pk"], ours["bare"], ours["pk"] / ours["bare"]]
+        if "report" in ours:
+            row += [ours["report"], ours["bare2"], ours["report"] / ours["bare2"]]
+        else:
+            row += ["-", "-", "-"]
         if n <= args.ref_max_size:
             ref = run_child([*child, "--case", "ref", str(n)], args.threads)
             ref_rate = ref["seconds"] / (n * n * math.log2(n))
             diff = max(abs(ours["result"][k] - ref["result"][k]) for k in ours["result"])
-            rows.append(
-                [
-                    n,
-                    ours["seconds"],
-                    ref["seconds"],
-                    ref["seconds"] / ours["seconds"],
-                    ours["extra_rss_mb"],
-                    ref["extra_rss_mb"],
-                    f"{diff:.1e}",
-                ]
-            )
+            row += [ref["seconds"], ours["pk"] / ref["seconds"], ref["extra_rss_mb"], f"{diff:.1e}"]
         else:
-            estimate = f"~{ref_rate * n * n * math.log2(n):.0f} s (est.)" if ref_rate else "-"
-            rows.append(
-                [
-                    n,
-                    ours["seconds"],
-                    estimate,
-                    "-",
-                    ours["extra_rss_mb"],
-                    f"~{4 * n * n / 2**20:.0f} (est.)",
-                    "-",
-                ]
-            )
+            estimate = f"~{ref_rate * n * n * math.log2(n):.0f} (est.)" if ref_rate else "-"
+            row += [estimate, "-", f"~{4 * n * n / 2**20:.0f} (est.)", "-"]
             print(
                 f"# reference skipped at N={n}: its float32 score matrix alone is "
                 f"{4 * n * n / 1e9:.1f} GB (the official whole-matrix argsort adds int64 "
                 f"indices and label arrays, >= {29 * n * n / 1e9:.0f} GB)."
             )
+        row += [ours["extra_rss_mb"], ours.get("report_rss_mb", "-")]
+        rows.append(row)
         print(f"# N={n}: P@K ours {ours['result']}", flush=True)
     print_table(
-        ["N=M", "ours s", "reference s", "speed-up", "ours +MiB", "reference +MiB", "max P@K diff"],
+        [
+            "N=M",
+            "P@K s",
+            "bare s",
+            "P@K/bare",
+            "report s",
+            "2x bare s",
+            "report/bare",
+            "reference s",
+            "P@K/reference",
+            "reference +MiB",
+            "max P@K diff",
+            "P@K +MiB",
+            "report +MiB",
+        ],
         rows,
     )
 

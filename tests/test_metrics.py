@@ -188,3 +188,93 @@ def test_bad_input_is_named():
         precision_at_k(a, la, a[:3], la[:3], exclude_self=True)
     with pytest.raises(ValueError, match="chunk_size"):
         mean_average_precision(a, la, a, la, chunk_size=0)
+
+
+def _ternary(n, seed, dim=128, nonzero=64):
+    """Rows with ``nonzero`` entries of +-1 (the rest 0): unit rows are +-1/8, so every cosine
+    is a multiple of 1/64, exact in float32 whatever the order of summation: 129 possible
+    scores, so ties everywhere."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, dim), dtype=np.float32)
+    for row in x:
+        row[rng.choice(dim, nonzero, replace=False)] = rng.choice([-1.0, 1.0], nonzero)
+    return x
+
+
+def _full_sort_reference(query, query_labels, gallery, gallery_labels, ks, exclude_self):
+    """P@K and mAP from a full stable descending sort of every score row (exact scores)."""
+    scores = (query / 8.0).astype(np.float64) @ (gallery / 8.0).astype(np.float64).T
+    if exclude_self:
+        np.fill_diagonal(scores, -np.inf)
+    hits, total, aps = dict.fromkeys(ks, 0), dict.fromkeys(ks, 0), []
+    for i, row in enumerate(scores):
+        order = np.argsort(-row, kind="stable")
+        if exclude_self:
+            order = order[order != i]
+        relevant = gallery_labels[order] == query_labels[i]
+        R = int(relevant.sum())
+        if R == 0:
+            continue
+        for k in ks:
+            hits[k] += int(relevant[: min(k, R)].sum())
+            total[k] += min(k, R)
+        ranks = np.flatnonzero(relevant) + 1
+        aps.append(np.mean(np.arange(1, R + 1) / ranks))
+    return {k: 100.0 * hits[k] / total[k] for k in ks}, 100.0 * float(np.mean(aps))
+
+
+@pytest.mark.parametrize("classes", [5, 300])
+@pytest.mark.parametrize("class_sorted", [False, True])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_pruned_selection_equals_full_sort(classes, class_sorted, exclude_self):
+    """Galleries large enough for the block-maxima pruning, features with exact ties
+    everywhere (cuts inside tied groups, positives sharing scores), K > R and K > M."""
+    from ucdir_lite.metrics import _lower_bound
+
+    rng = np.random.default_rng(classes + 2 * class_sorted + 4 * exclude_self)
+    M = 3003  # not a multiple of the block length: the last columns are checked apart
+    gallery, gallery_labels = _ternary(M, seed=classes), rng.integers(0, classes, M)
+    gallery[7:30] = gallery[6]  # exact duplicates
+    if class_sorted:
+        order = np.argsort(gallery_labels, kind="stable")
+        gallery, gallery_labels = gallery[order], gallery_labels[order]
+    if exclude_self:
+        query, query_labels = gallery, gallery_labels
+    else:
+        query, query_labels = _ternary(150, seed=classes + 1), rng.integers(0, classes + 1, 150)
+    ks = (1, 5, 20, 50, 5000)  # 5000 > M
+    expected_p, expected_map = _full_sort_reference(
+        query, query_labels, gallery, gallery_labels, ks, exclude_self
+    )
+    args = _torch(query, query_labels, gallery, gallery_labels)
+    for ks_used in (ks, (1, 5, 20)):
+        for chunk_size in (64, 1024):
+            got = precision_at_k(*args, ks_used, chunk_size, exclude_self=exclude_self)
+            assert got == {k: pytest.approx(expected_p[k], abs=1e-9) for k in ks_used}
+    # the bound did prune: for K <= 20 most rows keep a small part of the gallery
+    scores = torch.from_numpy(query / 8.0) @ torch.from_numpy(gallery / 8.0).T
+    kept = (scores >= _lower_bound(scores, 21)[:, None]).sum(1)
+    assert (kept >= 21).all() and kept.float().median() < M / 4
+    got_map = mean_average_precision(*args, 64, exclude_self=exclude_self)
+    assert got_map == pytest.approx(expected_map, abs=1e-9)
+    if not exclude_self:
+        report = retrieval_report(*args, ks=ks, chunk_size=64, in_domain=True)
+        assert report["A->B"] == {
+            **{f"P@{k}": pytest.approx(expected_p[k], abs=1e-9) for k in ks},
+            "mAP": pytest.approx(expected_map, abs=1e-9),
+        }
+        own = mean_average_precision(*args[2:], *args[2:], 64, exclude_self=True)
+        assert report["B->B"]["mAP"] == own  # the same computation, the same chunks
+
+
+def test_pruned_selection_on_continuous_features():
+    """Float features (no exact ties but near ones): the pruned P@K and the values-only mAP
+    against plain loops, with every ranking checked to be the same in any summation order."""
+    q, ql, g, gl = _data(40, 2500, seed=5, ties=False, dtype=np.float64)
+    _assert_rankings_are_exact(q, g, False)
+    ks = (1, 3, 10, 40)
+    expected = loop_precision(q, ql, g, gl, ks)
+    got = precision_at_k(*_torch(q, ql, g, gl), ks, chunk_size=16)
+    assert got == {k: pytest.approx(expected[k], abs=1e-9) for k in ks}
+    got_map = mean_average_precision(*_torch(q, ql, g, gl), 16)
+    assert got_map == pytest.approx(loop_map(q, ql, g, gl), abs=1e-9)
