@@ -226,8 +226,9 @@ assert all(np.isclose(p_at_k[k], by_hand[k]) for k in by_hand), p_at_k
 #
 # This is the function that just ran, and the one every later notebook uses to score a
 # model. It scores the queries in chunks, so that memory stays at one chunk times the gallery,
-# and takes only the top $\max(K)+1$ of each row (`torch.topk`) instead of sorting it; a tie
-# at the cut-off is resolved from the full row.
+# and never sorts a whole row: the maxima of a few hundred blocks of each row give a score $t$
+# that at least $\max(K)+1$ items reach, and only those candidates are sorted. A tie at the
+# cut-off is resolved from the full row, so the result is exactly that of a full sort.
 
 # %%
 display(Code(inspect.getsource(metrics.precision_at_k), language="python"))
