@@ -418,3 +418,27 @@ def test_attribute_docstrings_keep_their_text(doc: str) -> None:
     lines = NumpyDocstring(lines, config, what="attribute", name="x").lines()
     extension._restore_first_line(None, "attribute", "x", None, None, lines)
     assert lines == [doc]
+
+
+def test_every_named_package_object_exists() -> None:
+    """Every ``ucdir_lite.module.name`` the prose names (book pages, notebooks, README) exists:
+    a function moved to another module leaves no reference a reader cannot follow (the
+    differences page still sent readers to ``ucdir_lite.train.epoch_indices`` after it moved
+    to ``ucdir_lite.data``)."""
+    import re
+
+    texts = [*ROOT.glob("book/*.md"), *ROOT.glob("notebooks/*.py"), ROOT / "README.md"]
+    named = set()
+    for path in texts:
+        for match in re.finditer(r"ucdir_lite\.([a-z_]+)\.([A-Za-z_]\w*)", path.read_text()):
+            named.add((path.name, match.group(1), match.group(2)))
+    assert len(named) > 20, "the pattern no longer finds the references"
+    missing = []
+    for page, module, name in sorted(named):
+        try:
+            found = hasattr(importlib.import_module(f"ucdir_lite.{module}"), name)
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(f"{page}: ucdir_lite.{module}.{name}")
+    assert not missing, missing
