@@ -32,15 +32,18 @@ def numbered(statements: Sequence[str], title: str | None = None) -> str:
 
 def step_sentence(diffs: Sequence[float], what: str, unit: str = "points") -> str:
     """``what`` changed by the per-seed differences ``diffs``: their mean, how many seeds, and
-    the verdict of ``ucdir_lite.ablation.paired_verdict`` (one seed: "no measurable effect",
-    since the rule needs a spread)."""
+    the verdict of ``ucdir_lite.ablation.paired_verdict``. One seed gets no verdict: the rule
+    needs the spread of several seeds, and a single difference, however large, neither passes
+    nor fails it."""
     from ucdir_lite.ablation import paired_verdict
 
     if not diffs:
         raise ValueError("diffs is empty: pass one paired difference per seed")
     mean = sum(diffs) / len(diffs)
-    seeds = "1 seed" if len(diffs) == 1 else f"{len(diffs)} seeds, mean"
-    return (f"{what}: {mean:+.1f} {unit} ({seeds}); by the book's rule: "
+    if len(diffs) == 1:
+        return (f"{what}: {mean:+.1f} {unit} (1 seed: too few for the book's rule, which "
+                "needs the spread of several, so this page gives no verdict)")
+    return (f"{what}: {mean:+.1f} {unit} ({len(diffs)} seeds, mean); by the book's rule: "
             f"**{paired_verdict(list(diffs))}**")
 
 
