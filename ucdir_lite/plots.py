@@ -675,6 +675,8 @@ def training_curves(history: Any, *, title: str | None = None) -> Figure:
             for direction, color in zip(("A->B", "B->A"), DOMAIN_COLORS, strict=True):
                 y = [e["metrics"].get(direction, {}).get(first, np.nan) for e in evaluated]
                 ax.plot(x, y, marker="o", color=color, label=direction.replace("->", "→"))
+            low, high = ax.get_ylim()  # headroom: the legend above the curves, no cut marker
+            ax.set_ylim(low, high + 0.35 * (high - low))
             ax.set_xlabel("epochs trained")
         ax.set_title(first, fontsize=11)
         ax.legend(loc="upper center", fontsize=9, ncols=2)
