@@ -515,12 +515,15 @@ class Step(NamedTuple):
     """The change from one row to another, seed by seed (``paired_step``)."""
 
     mean: float
+    """Mean of the paired per-seed differences (points)."""
     sd: float
-    """NaN for one seed."""
+    """Their standard deviation; NaN for one seed."""
     up: int
     """Seeds in which the change is positive."""
     down: int
+    """Seeds in which the change is negative."""
     n: int
+    """Seeds compared."""
     verdict: str
     """By ``paired_verdict`` (``RULE``)."""
 

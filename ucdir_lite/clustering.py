@@ -34,8 +34,11 @@ class KMeansResult(NamedTuple):
     """Result of :func:`kmeans`: centroids (k, D), labels (N,) in ``[0, k)``, inertia."""
 
     centroids: Tensor
+    """(k, D) cluster centres (plain means of their points)."""
     labels: Tensor
+    """(N,) the cluster of each point, in ``[0, k)``."""
     inertia: float
+    """Sum of squared distances of the points to their centroids."""
 
 
 def _nearest(x: Tensor, centroids: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -231,7 +234,7 @@ def soft_assign(z: Tensor, centroids: Tensor, tau: float = 0.1) -> Tensor:
         tau: temperature (> 0); smaller is sharper.
 
     Returns:
-        p: (N, K), rows sum to 1; differentiable in ``z`` and ``centroids``.
+        (N, K) soft assignments ``p``, rows sum to 1; differentiable in ``z`` and ``centroids``.
     """
     _check_z_centroids(z, centroids)
     if not tau > 0:
@@ -251,7 +254,7 @@ def soft_centroids(z: Tensor, p: Tensor, eps: float = 1e-8) -> Tensor:
         eps: keeps an (almost) unused cluster finite.
 
     Returns:
-        centroids: (K, D), not re-normalised; differentiable in ``z`` and ``p``.
+        (K, D) soft centroids, not re-normalised; differentiable in ``z`` and ``p``.
     """
     if z.dim() != 2 or p.dim() != 2 or z.shape[0] != p.shape[0]:
         raise ValueError(

@@ -1,13 +1,18 @@
-"""Entropic optimal transport (Sinkhorn) and one-to-one cluster matching (book chapter 5).
+r"""Entropic optimal transport (Sinkhorn) and one-to-one cluster matching (book chapter 5).
 
 Cluster indices are arbitrary in each domain, so before the distance-of-distance loss can
 compare the two domains' centroid geometry, cluster ``i`` of domain A must be paired with a
 cluster ``pi(i)`` of domain B. We solve the entropic OT problem
 
-    min_plan  <plan, C> - epsilon * H(plan)   s.t.  plan 1 = a,  plan^T 1 = b,  plan >= 0
+.. math::
 
-with ``H(plan) = -sum_ij plan_ij (log plan_ij - 1)`` by the Sinkhorn algorithm, then round the
-plan to a permutation with the Hungarian algorithm.
+    \min_{P \ge 0}\; \langle P, C\rangle - \epsilon H(P)
+    \quad\text{s.t.}\quad P\mathbf{1} = a,\;\; P^\top\mathbf{1} = b,
+
+    H(P) = -\sum_{ij} P_{ij}\,(\log P_{ij} - 1),
+
+by the Sinkhorn algorithm (``P`` is ``plan`` in the code), then round the plan to a
+permutation with the Hungarian algorithm.
 
 References:
     M. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport", NeurIPS 2013.
@@ -70,14 +75,18 @@ def sinkhorn(
     return_log: bool = False,
     warn: bool = True,
 ) -> Tensor | tuple[Tensor, dict]:
-    """Entropic OT plan by log-domain Sinkhorn iterations.
+    r"""Entropic OT plan by log-domain Sinkhorn iterations.
 
     Solves ``min_plan <plan, C> - epsilon * H(plan)`` subject to ``plan 1 = a`` and
     ``plan^T 1 = b``. The solution is ``plan_ij = exp(u_i + v_j - C_ij / epsilon)``; with
-    ``M = -C / epsilon`` the log-scalings alternate (Peyré & Cuturi, Remark 4.23)
+    ``M = -C / epsilon`` the log-scalings alternate (Peyré & Cuturi, Remark 4.23): first the
+    columns of the plan are made to sum to ``b``, then its rows to ``a``,
 
-        v_j = log b_j - logsumexp_i (M_ij + u_i)      (columns of the plan sum to b)
-        u_i = log a_i - logsumexp_j (M_ij + v_j)      (rows of the plan sum to a)
+    .. math::
+
+        v_j \leftarrow \log b_j - \operatorname{logsumexp}_i (M_{ij} + u_i),
+
+        u_i \leftarrow \log a_i - \operatorname{logsumexp}_j (M_{ij} + v_j).
 
     Every 10 iterations (starting with the first) the column marginal, the one that is not
     exact after the ``u`` update, is compared with ``b``; iteration stops when
@@ -100,8 +109,8 @@ def sinkhorn(
         warn: warn when ``max_iter`` is reached before ``tol``.
 
     Returns:
-        plan: (n, m) transport plan in the common dtype of the inputs
-        (and the log dict if ``return_log``).
+        The (n, m) transport plan in the common dtype of the inputs (and the log dict if
+        ``return_log``).
     """
     C = torch.as_tensor(C)
     if not C.is_floating_point():
@@ -167,8 +176,8 @@ def match_clusters(
         max_iter: Sinkhorn iteration cap.
 
     Returns:
-        perm: (K,) LongTensor, ``perm[i]`` = the cluster of B matched to cluster ``i`` of A
-        (and the plan, in the centroids' dtype, if ``return_plan``).
+        The matching, a (K,) LongTensor: ``perm[i]`` is the cluster of B matched to cluster
+        ``i`` of A (and the plan, in the centroids' dtype, if ``return_plan``).
     """
     if centroids_a.dim() != 2 or centroids_b.dim() != 2:
         raise ValueError(
