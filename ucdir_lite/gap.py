@@ -338,12 +338,22 @@ def plot_class_means(panels: Sequence[tuple[str, Tensor, Tensor]], names: Sequen
     xy = _project(torch.cat([torch.cat([a, b]) for _, a, b in panels])).split(2 * n)
     fig = Figure(figsize=(7.4, 4.0), layout="constrained")
     axes = fig.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0]
+    span = float((xy[0].max(0).values - xy[0].min(0).values).max())
+    # label offsets (points) tried in turn, so that two nearby means do not share a place
+    places = (((3, 3), "left", "bottom"), ((-3, -3), "right", "top"),
+              ((-3, 3), "right", "bottom"), ((3, -3), "left", "top"))
     for ax, (title, _, _), points in zip(axes, panels, xy, strict=True):
         a, b = points[:n], points[n:]
+        taken: list[tuple[int, int]] = []  # (class, place) of the labels already written
         for i in range(n):
             ax.plot([a[i, 0], b[i, 0]], [a[i, 1], b[i, 1]], color="0.6", lw=0.8, zorder=1)
-            ax.annotate(names[i].split("_", 1)[-1], a[i], fontsize=9, xytext=(3, 3),
-                        textcoords="offset points")
+            near = {place for j, place in taken
+                    if float((a[i] - a[j]).abs().max()) < 0.08 * span}
+            place = next((k for k in range(len(places)) if k not in near), 0)
+            taken.append((i, place))
+            offset, ha, va = places[place]
+            ax.annotate(names[i].split("_", 1)[-1], a[i], fontsize=9, xytext=offset,
+                        textcoords="offset points", ha=ha, va=va)
         ax.scatter(a[:, 0], a[:, 1], s=30, marker="o", label=domains[0], zorder=2)
         ax.scatter(b[:, 0], b[:, 1], s=30, marker="^", label=domains[1], zorder=2)
         ax.set_title(title, fontsize=10)
