@@ -306,9 +306,12 @@ def precision_at_k(
     *,
     exclude_self: bool = False,
 ) -> dict[int, float]:
-    """Pooled precision at K, in percent (book chapter 1; as the official code computes it).
+    r"""Pooled precision at K, in percent (book chapter 1; as the official code computes it).
 
-        P@K = 100 * sum_q hits_q(n_q) / sum_q n_q,    n_q = min(K, R_q)
+    .. math::
+
+        P@K = 100 \cdot \frac{\sum_q \mathrm{hits}_q(n_q)}{\sum_q n_q},
+        \qquad n_q = \min(K, R_q)
 
     where ``R_q`` is the number of gallery items of query ``q``'s class and ``hits_q(n)`` the
     number of them among the ``n`` gallery items most cosine-similar to ``q``. Queries with
@@ -321,8 +324,10 @@ def precision_at_k(
     exactly from its full score row (see ``_lower_bound`` and ``_chunk_hits``).
 
     Args:
-        query: (N, D) query features; query_labels: (N,) their classes.
-        gallery: (M, D) gallery features; gallery_labels: (M,) their classes.
+        query: (N, D) query features.
+        query_labels: (N,) their classes.
+        gallery: (M, D) gallery features.
+        gallery_labels: (M,) their classes.
         ks: the K values (each >= 1; K > M is allowed and gives n_q = R_q).
         chunk_size: queries scored at a time (memory ``chunk_size x M``).
         exclude_self: the query set IS the gallery (row i = item i): item i is removed from
@@ -347,9 +352,12 @@ def mean_average_precision(
     *,
     exclude_self: bool = False,
 ) -> float:
-    """Mean average precision over the full ranking, in percent.
+    r"""Mean average precision over the full ranking, in percent.
 
-        AP_q = (1 / R_q) * sum_{j=1..R_q} j / rank_q(j),    mAP = 100 * mean_q AP_q
+    .. math::
+
+        \mathrm{AP}_q = \frac{1}{R_q} \sum_{j=1}^{R_q} \frac{j}{\mathrm{rank}_q(j)},
+        \qquad \mathrm{mAP} = 100 \cdot \operatorname{mean}_q \mathrm{AP}_q
 
     where ``rank_q(j)`` is the (1-based) rank of the ``j``-th same-class gallery item in
     query ``q``'s ranking by cosine similarity (ties: lower gallery index first). Queries with
