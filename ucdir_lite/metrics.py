@@ -214,13 +214,19 @@ def _chunk_hits(
     return out
 
 
+def _ap_sums(row: Tensor, rank0: Tensor, n_rows: int) -> Tensor:
+    """Sum of ``j / rank(j)`` per row, for positives listed row by row in rank order
+    (``rank0``: each one's 0-based rank in its row)."""
+    j, _ = _row_positions(row, n_rows)
+    ap = torch.zeros(n_rows, dtype=torch.float64, device=row.device)
+    return ap.index_add_(0, row, (j + 1).double() / (rank0 + 1).double())
+
+
 def _ap_by_sort(x: Tensor, is_pos: Tensor) -> Tensor:
     """Sum of ``j / rank(j)`` per row, from a full stable sort of each row."""
     order = x.sort(dim=1, descending=True, stable=True).indices
     row, rank0 = is_pos.gather(1, order).nonzero(as_tuple=True)  # positives in rank order
-    j, _ = _row_positions(row, x.shape[0])
-    ap = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    return ap.index_add_(0, row, (j + 1).double() / (rank0 + 1).double())
+    return _ap_sums(row, rank0, x.shape[0])
 
 
 def _chunk_ap(
@@ -253,10 +259,7 @@ def _chunk_ap(
         r, s, c = row[part], val[part], col[part]
         rank0[part] += ((x[r] == s[:, None]) & (index[None, :] < c[:, None])).sum(1)
     order = (row * (M + 1) + rank0).argsort()
-    row, rank0 = row[order], rank0[order]
-    j, _ = _row_positions(row, C)
-    ap = torch.zeros(C, dtype=torch.float64, device=x.device)
-    ap.index_add_(0, row, (j + 1).double() / (rank0 + 1).double())
+    ap = _ap_sums(row[order], rank0[order], C)
     if bool(by_sort.any()):
         ap[by_sort] = _ap_by_sort(x[by_sort], is_pos[by_sort])
     r = R.double()
