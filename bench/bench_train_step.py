@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import sys
 import tempfile
@@ -38,54 +39,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import limit_threads, machine_info, median_time, print_table
 
 from ucdir_lite.ablation import arm_config, run_ablation
-from ucdir_lite.augment import BatchAugment
 from ucdir_lite.config import get_preset
-from ucdir_lite.model import momentum_update, split_batch_norm
+from ucdir_lite.data import encode, epoch_batches
 from ucdir_lite.train import (
     build_data,
-    build_model,
     cluster_features,
     extract_features,
-    shuffled_keys,
-    step_losses,
+    new_state,
     train,
+    train_step,
 )
 from ucdir_lite.transport import match_clusters
 
-
-class State:
-    """The trainer's state for one step: query/key encoders, Adam, one memory bank per domain."""
-
-    def __init__(self, cfg, data) -> None:
-        self.encoder_q = build_model(cfg).to(memory_format=torch.channels_last)
-        self.encoder_k = split_batch_norm(copy.deepcopy(self.encoder_q), cfg.key_bn_splits)
-        self.encoder_k.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.encoder_q.parameters(), lr=cfg.lr)
-        self.banks = [extract_features(self.encoder_k, d.eval_set)[0] for d in data]
+DEVICE = torch.device("cpu")
 
 
-def make_step(cfg, state, data, clusters, weights, augment, generator):
-    """One training step of ``cfg`` on a fixed random batch of each domain (fresh views)."""
-    n = cfg.batch_size
-    index = [torch.randperm(len(d), generator=generator)[:n] for d in data]
+def new_trainer(cfg, data, amp: bool = False):
+    """The trainer's state at the start of a run (``train.new_state``, banks from a key-encoder
+    pass), as ``train`` builds it."""
+    state = new_state(cfg, DEVICE, amp, pretrained=False)
+    state.banks = [encode(state.encoder_k, d.eval_data, DEVICE, cfg.eval_batch_size)[0]
+                   for d in data]
+    return state
+
+
+def make_step(cfg, state, data, clusters, weights, amp: bool = False) -> Callable[[], None]:
+    """One training step as the trainer takes it: the next batch of ``data.epoch_batches``
+    (the batched augmentation of both views) and ``train.train_step`` (forward of both
+    encoders, bank update, losses, backward, optimizer step, momentum update)."""
+    batches = itertools.chain.from_iterable(
+        epoch_batches(cfg, data, epoch, DEVICE, 0) for epoch in itertools.count())
 
     def step() -> None:
-        views = [(augment(d.images[i], generator), augment(d.images[i], generator))
-                 for d, i in zip(data, index, strict=True)]
-        x_q = torch.cat([v[0] for v in views]).contiguous(memory_format=torch.channels_last)
-        x_k = torch.cat([v[1] for v in views]).contiguous(memory_format=torch.channels_last)
-        z_q = state.encoder_q(x_q)
-        z_k = shuffled_keys(state.encoder_k, x_k)
-        q, k = z_q.split(n), z_k.split(n)
-        with torch.no_grad():  # the bank first, as the trainer (and the official code)
-            for d in (0, 1):
-                state.banks[d][index[d]] = k[d]
-        terms = step_losses(cfg, weights, q, k, index, state.banks, clusters)
-        total = sum(weights[name] * value for name, value in terms.items())
-        state.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        state.optimizer.step()
-        momentum_update(state.encoder_q, state.encoder_k, cfg.m)
+        train_step(cfg, state, next(batches), weights, clusters, amp=amp)
 
     return step
 
@@ -96,15 +82,13 @@ def bench_steps(base, data, repeats: int) -> list[list]:
     variants = {"IW (L_IW only)": arm_config(base, "IW"),
                 "Full (OT L_DD)": arm_config(base, "Full"),
                 "Full (official DoD)": arm_config(base, "Full (official DoD)")}
-    template = State(base, data)
+    template = new_trainer(base, data)
     clusters = cluster_features(base, template.banks, epoch, match=True)
-    augment = BatchAugment(base.image_size)
     steps = {}
     for name, cfg in variants.items():
         state = copy.deepcopy(template)  # same weights, banks and optimizer for every variant
         weights = cfg.loss_weights(epoch)
-        steps[name] = make_step(cfg, state, data, clusters if weights["cw"] else None, weights,
-                                augment, torch.Generator().manual_seed(0))
+        steps[name] = make_step(cfg, state, data, clusters if weights["cw"] else None, weights)
         steps[name]()  # warm-up call
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
@@ -138,8 +122,7 @@ def bench_flops(base, data, repeats: int) -> tuple[list[list], list[list]]:
     the matrix products), its achieved GFLOP/s, and this machine's float32 matmul GFLOP/s at
     the same threads (the best of three sizes), timed interleaved with the step."""
     cfg = arm_config(base, "IW")
-    step = make_step(cfg, State(cfg, data), data, None, cfg.loss_weights(0),
-                     BatchAugment(base.image_size), torch.Generator().manual_seed(0))
+    step = make_step(cfg, new_trainer(cfg, data), data, None, cfg.loss_weights(0))
     step()
     with FlopCounterMode(display=False) as counter:
         step()
@@ -164,6 +147,56 @@ def bench_flops(base, data, repeats: int) -> tuple[list[list], list[list]]:
     rates.append(["IW training step", achieved, f"{100 * achieved / best:.0f} % of the best "
                   "matmul"])
     return ops, rates
+
+
+FAMILIES = {
+    "convolutions (forward + backward)": ("convolution",),
+    "batch norm (forward + backward)": ("batch_norm",),
+    "max-pooling and ReLU (forward + backward)": ("max_pool", "relu", "threshold", "clamp_min"),
+}
+"""Op families of the step's profile: an op belongs to the first family one of whose name
+parts its name contains."""
+
+
+def bench_where(base, data, repeats: int) -> list[list]:
+    """Where an IW step's time goes: the batch (``epoch_batches``: decoding nothing, the
+    batched augmentation of 2 views x 2 domains) timed apart from ``train_step``, and
+    ``train_step``'s own time split by op family (``torch.profiler`` self CPU time)."""
+    cfg = arm_config(base, "IW")
+    state = new_trainer(cfg, data)
+    weights = cfg.loss_weights(0)
+    batches = itertools.chain.from_iterable(
+        epoch_batches(cfg, data, epoch, DEVICE, 0) for epoch in itertools.count())
+    batch_s, step_s = [], []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        batch = next(batches)
+        middle = time.perf_counter()
+        train_step(cfg, state, batch, weights, None)
+        if i >= 2:  # the first two warm up
+            batch_s.append(middle - start)
+            step_s.append(time.perf_counter() - middle)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            train_step(cfg, state, next(batches), weights, None)
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total_us = sum(self_us.values())
+    step_ms = 1000 * statistics.median(step_s)
+    parts = dict.fromkeys(FAMILIES, 0.0)
+    for op, us in self_us.items():
+        family = next((f for f, names in FAMILIES.items() if any(n in op for n in names)), None)
+        if family is not None:
+            parts[family] += us / total_us
+    batch_ms = 1000 * statistics.median(batch_s)
+    whole = batch_ms + step_ms
+    rows = [["the batch: augmentation of 2 views x 2 domains", batch_ms, 100 * batch_ms / whole]]
+    for family, share in parts.items():
+        rows.append([f"train_step: {family}", share * step_ms, 100 * share * step_ms / whole])
+    rest = (1 - sum(parts.values())) * step_ms
+    rows.append(["train_step: everything else (losses, Adam, momentum, copies)", rest,
+                 100 * rest / whole])
+    rows.append(["whole step", whole, 100.0])
+    return rows
 
 
 def bench_epoch(base, data, repeats: int) -> list[list]:
@@ -227,6 +260,8 @@ def main() -> None:
     print(f"\n# one Full epoch ({len(data[0])} + {len(data[1])} images, "
           f"{min(len(d) for d in data) // base.batch_size} steps)\n")
     print_table(["part", "seconds", "% of epoch + eval"], bench_epoch(base, data, repeats))
+    print("\n# where an IW step's time goes (train_step split by torch.profiler self time)\n")
+    print_table(["part", "ms per step", "%"], bench_where(base, data, repeats))
     ops, rates = bench_flops(base, data, repeats)
     print("\n# FLOPs of one IW step (torch.utils.flop_counter)\n")
     print_table(["op", "GFLOP per step", "%"], ops)

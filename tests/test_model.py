@@ -81,6 +81,35 @@ def test_small_cnn_width_and_head_sizes():
         SmallCNN(width=0)
 
 
+def test_small_cnn_pools_before_relu_with_the_same_values_and_gradients():
+    """conv-BN-pool-ReLU is conv-BN-ReLU-pool bit for bit, forward and backward (ReLU and
+    max-pooling commute), so the reorder changed no trained number; the state-dict keys stay."""
+    torch.manual_seed(0)
+    net = SmallCNN(width=4).to(memory_format=torch.channels_last)
+    blocks, layers = [], list(net.features)
+    while layers:  # regroup into conv, BN, [pool], ReLU and put ReLU back before the pool
+        conv, bn, *rest = layers
+        block = [conv, bn] + ([rest[0]] if isinstance(rest[0], nn.MaxPool2d) else [])
+        layers = layers[len(block) + 1:]
+        blocks += [conv, bn, nn.ReLU(), *block[2:]]
+    reference = nn.Sequential(*blocks)
+    assert [type(m) for m in net.features][:4] == [nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU]
+    assert [type(m) for m in reference][:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for features in (net.features, reference):
+        net.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = features(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad, *(p.grad.clone() for p in net.parameters())])
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
+    keys = net.state_dict()  # as before the reorder: conv 0, BN 1, conv 4, BN 5, ...
+    assert "features.4.weight" in keys and "features.5.running_mean" in keys
+
+
 def test_small_input_stem():
     big = build_encoder("resnet18", feat_dim=8)
     small = build_encoder("resnet18", feat_dim=8, small_input=True)

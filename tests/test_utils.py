@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ucdir_lite.ablation as ab
+from ucdir_lite import utils
 from ucdir_lite._lock import LOCK_FILE, folder_lock
 from ucdir_lite.utils import atomic_torch_save, atomic_write_json
 
@@ -75,3 +76,13 @@ def test_a_failed_atomic_write_names_the_target_and_leaves_no_part(tmp_path, mon
         atomic_write_json({"a": 1}, target)
     assert str(info.value) == f"[Errno 13] cannot write '{target}': Permission denied"
     assert ".part" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_keep_freed_memory_takes_effect_on_glibc_and_changes_no_result():
+    import platform
+
+    x = torch.randn(64, 1024)
+    before = (x @ x.T).sum()
+    took = utils.keep_freed_memory()
+    assert took == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert torch.equal((x @ x.T).sum(), before)

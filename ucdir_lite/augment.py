@@ -165,11 +165,11 @@ class BatchAugment:
         def factor(strength: float) -> torch.Tensor:
             return 1 + on * (_uniform(n, 1 - strength, 1 + strength, g)[:, None, None, None] - 1)
 
-        x = (x * factor(brightness)).clamp(0, 1)
+        x = (x * factor(brightness)).clamp_(0, 1)  # then in place: the same values, fewer copies
         mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - mean) * factor(contrast) + mean).clamp(0, 1)
+        x.sub_(mean).mul_(factor(contrast)).add_(mean).clamp_(0, 1)
         gray = _gray(x)
-        x = ((x - gray) * factor(saturation) + gray).clamp(0, 1)
+        x.sub_(gray).mul_(factor(saturation)).add_(gray).clamp_(0, 1)
         angle = on.flatten() * _uniform(n, -hue, hue, g) * 2 * math.pi
         to_yiq = torch.tensor(_TO_YIQ, device=x.device)
         cos, sin = torch.cos(angle), torch.sin(angle)
@@ -177,7 +177,7 @@ class BatchAugment:
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
         matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (n, 3, 3)
-        return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
+        return torch.einsum("nij,njhw->nihw", matrix, x).clamp_(0, 1)
 
     def _blur(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c, hgt, wid = x.shape

@@ -80,6 +80,7 @@ from ucdir_lite.utils import (
     atomic_torch_save,
     atomic_write_json,
     derive_seed,
+    keep_freed_memory,
     resolve_device,
     seed_everything,
 )
@@ -207,6 +208,8 @@ def _prepare(cfg: TrainConfig, out: Path | None, resume: bool,
     device = distributed.setup(resolve_device(cfg.device))  # joins torchrun's group, if any
     distributed.check_sizes(cfg.batch_size, cfg.key_bn_splits)
     amp = cfg.amp and device.type == "cuda"
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for the step's activations (same numbers)
     workers = cfg.num_workers if cfg.num_workers is not None else (
         ds_lib.default_workers(device.type))
     with distributed.main_first():  # the generated benchmark is written once, by rank 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
@@ -43,6 +44,27 @@ def resolve_device(name: str = "auto") -> torch.device:
             "(device='cpu')"
         )
     return device
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(block: int = 32 << 20) -> bool:
+    """Let this process reuse freed memory instead of handing it back to the system (glibc).
+
+    glibc serves a large block (above 128 KiB, a threshold that grows only after frees) with
+    a fresh ``mmap`` and returns it to the system on ``free``; a CPU training step allocates
+    and frees megabyte-sized activations, so every step paid thousands of page faults to get
+    zeroed pages back. This keeps blocks up to ``block`` bytes in the heap and never trims it:
+    the memory stays with the process (its peak does not grow), the numbers computed do not
+    change. Returns whether it took effect (False off glibc, e.g. on macOS or Windows).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, block)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 PART_SUFFIX = ".part"
