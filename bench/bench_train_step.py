@@ -50,6 +50,7 @@ from ucdir_lite.train import (
     train_step,
 )
 from ucdir_lite.transport import match_clusters
+from ucdir_lite.utils import keep_freed_memory
 
 DEVICE = torch.device("cpu")
 
@@ -250,6 +251,7 @@ def main() -> None:
                         help="skip the 1 job x 2 threads vs 2 jobs x 1 thread comparison")
     args = parser.parse_args()
     limit_threads(args.threads)
+    keep_freed_memory()  # as train() does on the CPU
     repeats = 3 if args.quick else args.repeats
     torch.manual_seed(0)
     base = get_preset("cpu", domains=tuple(args.pair.split(":")), device="cpu")
