@@ -1,20 +1,25 @@
 """Benchmark: the cost of the cluster losses in a training step, and where one epoch goes.
 
-1. images/s of one training step (a batch of each domain, two augmented views, forward of
-   the query and key encoders, the losses, backward, Adam step, momentum update, bank update)
-   with L_IW only (the IW arm) and with every loss of the Full arm (L_IW + L_CW + L_SE + the
-   OT L_DD, and the official sample-level L_DD), on the ``cpu`` preset and its data. The
-   variants run interleaved, step by step, in one process with the same weights; the figure
+1. images/s of one training step as the trainer takes it (``data.epoch_batches``: a batch of
+   each domain, two augmented views; ``train.train_step``: forward of the query and key
+   encoders, bank update, the losses, backward, Adam step, momentum update) with L_IW only
+   (the IW arm) and with every loss of the Full arm (L_IW + L_CW + L_SE + the OT L_DD, and
+   the official sample-level L_DD), on the ``cpu`` preset and its data. The variants run
+   interleaved, step by step, in one process with the same weights; the figure
    is the median over the repeats. Target: the cluster losses cost <= 15 % more per step.
 2. The time split of one Full epoch of ``ucdir_lite.train``: the steps (forward/backward),
    the k-means of the two memory banks, the Sinkhorn matching of the prototypes, and one
    evaluation (features of both domains + P@K and mAP in the four directions).
-3. FLOPs of one IW step (``torch.utils.flop_counter``) and the GFLOP/s it achieves, against
+3. Where an IW step's time goes: the batch (augmentation) timed apart, ``train_step`` split
+   into convolutions, batch norm, pooling and ReLU, and the rest (``torch.profiler``).
+   FLOPs of one IW step (``torch.utils.flop_counter``) and the GFLOP/s it achieves, against
    this machine's float32 matrix product at the same threads, timed interleaved: the step's
    distance from the machine's compute peak.
 4. The ablation runner: a small ablation (1 pair, 2 seeds, 10 warm-up + 5 arm epochs) in 1
    process of 2 threads against 2 worker processes of 1 thread each (``run_ablation(jobs=2)``,
    the default on the CPU).
+5. With ``--compile``: the IW step with both encoders compiled by ``torch.compile``, against
+   the eager step (the trainer does not compile; this measures what it would gain).
 
     python bench/bench_train_step.py --quick
     python bench/bench_train_step.py --threads 1 --repeats 30
@@ -77,6 +82,17 @@ def make_step(cfg, state, data, clusters, weights, amp: bool = False) -> Callabl
     return step
 
 
+def interleaved(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call of each step, the steps called in turn ``repeats`` times."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def bench_steps(base, data, repeats: int) -> list[list]:
     """Median images/s of an IW step and of Full steps, interleaved."""
     epoch = base.warmup_epochs  # the first epoch with the cluster losses on
@@ -91,12 +107,7 @@ def bench_steps(base, data, repeats: int) -> list[list]:
         weights = cfg.loss_weights(epoch)
         steps[name] = make_step(cfg, state, data, clusters if weights["cw"] else None, weights)
         steps[name]()  # warm-up call
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved(steps, repeats)
     images = 2 * base.batch_size
     iw = statistics.median(times["IW (L_IW only)"])
     rows = []
@@ -104,6 +115,30 @@ def bench_steps(base, data, repeats: int) -> list[list]:
         med = statistics.median(ts)
         rows.append([name, images / med, med * 1000, f"{100 * (med / iw - 1):+.1f} %"])
     return rows
+
+
+def bench_compiled(base, data, repeats: int) -> list[list]:
+    """The IW step as trained (eager) against the same step with both encoders compiled by
+    ``torch.compile`` (TorchInductor's C++ kernels on the CPU), interleaved, same weights.
+    The first call of the compiled step includes the compilation (cold or from Inductor's
+    on-disk cache, whichever this machine has)."""
+    cfg = arm_config(base, "IW")
+    template = new_trainer(cfg, data)
+    states = {"eager (as trained)": template, "torch.compile (both encoders)":
+              copy.deepcopy(template)}
+    compiled = states["torch.compile (both encoders)"]
+    compiled.encoder_q = torch.compile(compiled.encoder_q)
+    compiled.encoder_k = torch.compile(compiled.encoder_k)
+    steps, first = {}, {}
+    for name, state in states.items():
+        steps[name] = make_step(cfg, state, data, None, cfg.loss_weights(0))
+        start = time.perf_counter()
+        steps[name]()
+        first[name] = time.perf_counter() - start
+    times = interleaved(steps, repeats)
+    eager = statistics.median(times["eager (as trained)"])
+    return [[name, first[name], 1000 * statistics.median(ts),
+             f"{eager / statistics.median(ts):.2f}x"] for name, ts in times.items()]
 
 
 def matmul_gflops(size: int) -> Callable[[], float]:
@@ -247,6 +282,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="steps per variant")
     parser.add_argument("--pair", default="clipart:sketch")
     parser.add_argument("--quick", action="store_true", help="a few repeats (a smoke run)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the IW step with torch.compile'd encoders")
     parser.add_argument("--no-runner", action="store_true",
                         help="skip the 1 job x 2 threads vs 2 jobs x 1 thread comparison")
     args = parser.parse_args()
@@ -269,6 +306,10 @@ def main() -> None:
     print_table(["op", "GFLOP per step", "%"], ops)
     print(f"\n# achieved rate against the machine's matmul, {args.threads} thread(s)\n")
     print_table(["work", "GFLOP/s (median)", "note"], rates)
+    if args.compile:
+        print("\n# the IW step compiled by torch.compile (not used in training)\n")
+        print_table(["IW step", "first call s", "ms/step", "speed-up"],
+                    bench_compiled(base, data, repeats))
     if not args.no_runner:
         warmup, arm_epochs = (1, 1) if args.quick else (10, 5)
         print(f"\n# ablation runner: warm-up {warmup} + 5 arms x {arm_epochs} epochs, "
