@@ -82,24 +82,19 @@ def bare_product(query, gallery, chunk_size):
     return out
 
 
-def product_and_one_pass(query, gallery):
+def product_and_one_pass(query, gallery, chunk_size):
     """The least an exact top-K selection does without a kernel of its own: the product in the
-    cache-sized blocks ``precision_at_k`` scores in, and one pass over every block (each score
-    compared with a per-row value, the indices of those above kept, numpy). Any selection
-    written with PyTorch/numpy operations needs at least this; ours needs a second pass (the
-    block maxima that give the per-row value) and a sort of the candidates."""
-    import torch
+    cache-sized blocks ``precision_at_k`` scores in (its own ``_score_chunks``), and one pass
+    over every block (each score compared with a per-row value, the indices of those above
+    kept, numpy). Any selection written with PyTorch/numpy operations needs at least this;
+    ours needs a second pass (the block maxima that give the per-row value) and a sort of the
+    candidates."""
+    from ucdir_lite.metrics import _score_chunks
 
-    from ucdir_lite.metrics import _CACHE_BYTES
-
-    step = max(1, min(query.shape[0], _CACHE_BYTES // (4 * gallery.shape[0])))
-    out = torch.empty(step, gallery.shape[0])
-    t = np.full((step, 1), 0.5, dtype=np.float32)
     kept = 0
-    for start in range(0, query.shape[0], step):
-        chunk = out[: min(step, query.shape[0] - start)]
-        torch.mm(query[start : start + step], gallery.T, out=chunk)
-        kept += np.flatnonzero(chunk.numpy() >= t[: chunk.shape[0]]).size
+    for _, scores in _score_chunks(query, gallery, chunk_size, exclude_self=False):
+        t = np.full((scores.shape[0], 1), 0.5, dtype=np.float32)  # a value per row
+        kept += np.flatnonzero(scores.numpy() >= t).size
     return kept
 
 
@@ -146,7 +141,7 @@ def run_case(impl: str, n: int, args) -> dict:
     fns = {
         "pk": lambda: precision_at_k(*tensors, KS, chunk_size=chunk),
         "bare": lambda: bare_product(query, gallery, chunk),
-        "one_pass": lambda: product_and_one_pass(query, gallery),
+        "one_pass": lambda: product_and_one_pass(query, gallery, chunk),
     }
     out.update(interleaved(fns, args.repeats))
     if n <= args.report_max_size:

@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -69,12 +69,17 @@ def new_trainer(cfg, data, amp: bool = False):
     return state
 
 
+def endless_batches(cfg, data) -> Iterator:
+    """The trainer's batches (``data.epoch_batches``), epoch after epoch, without end."""
+    return itertools.chain.from_iterable(
+        epoch_batches(cfg, data, epoch, DEVICE, 0) for epoch in itertools.count())
+
+
 def make_step(cfg, state, data, clusters, weights, amp: bool = False) -> Callable[[], None]:
     """One training step as the trainer takes it: the next batch of ``data.epoch_batches``
     (the batched augmentation of both views) and ``train.train_step`` (forward of both
     encoders, bank update, losses, backward, optimizer step, momentum update)."""
-    batches = itertools.chain.from_iterable(
-        epoch_batches(cfg, data, epoch, DEVICE, 0) for epoch in itertools.count())
+    batches = endless_batches(cfg, data)
 
     def step() -> None:
         train_step(cfg, state, next(batches), weights, clusters, amp=amp)
@@ -201,8 +206,7 @@ def bench_where(base, data, repeats: int) -> list[list]:
     cfg = arm_config(base, "IW")
     state = new_trainer(cfg, data)
     weights = cfg.loss_weights(0)
-    batches = itertools.chain.from_iterable(
-        epoch_batches(cfg, data, epoch, DEVICE, 0) for epoch in itertools.count())
+    batches = endless_batches(cfg, data)
     batch_s, step_s = [], []
     for i in range(repeats + 2):
         start = time.perf_counter()
